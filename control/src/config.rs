@@ -1,0 +1,63 @@
+//! Command line and environment configuration.
+
+use std::net::IpAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "sfumato", version, about = "Decentralized ultra-low-latency WebRTC media server (WHIP/WHEP SFU)")]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SFUMATO_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Everything on one node: WHIP/WHEP HTTP API and WebRTC media on every core.
+    Standalone(NodeArgs),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, default_value = "0.0.0.0", env = "SFUMATO_HTTP_ADDR")]
+    pub http_addr: IpAddr,
+    /// HTTP API port (every core accepts on it via SO_REUSEPORT).
+    #[arg(long, default_value_t = 3000, env = "SFUMATO_HTTP_PORT")]
+    pub http_port: u16,
+    /// First WebRTC UDP port; core i uses this + i.
+    #[arg(long, default_value_t = 10000, env = "SFUMATO_WEBRTC_PORT")]
+    pub webrtc_port: u16,
+    /// IP addresses to receive WebRTC media on and advertise as host candidates (comma-separated).
+    /// Default: 127.0.0.1 plus every address of this machine's interfaces.
+    #[arg(long, value_delimiter = ',', env = "SFUMATO_WEBRTC_IPS")]
+    pub webrtc_ips: Vec<IpAddr>,
+    /// Number of cores (executors). Default: every CPU this process may use.
+    #[arg(long, env = "SFUMATO_CORES")]
+    pub cores: Option<usize>,
+    /// Don't pin executors to CPUs.
+    #[arg(long, env = "SFUMATO_NO_PIN")]
+    pub no_pin: bool,
+    /// Bytes of io_uring buffer memory per core (locked memory: about 3 × this × cores must fit `ulimit -l`).
+    #[arg(long, default_value_t = 1 << 20, env = "SFUMATO_IO_MEMORY")]
+    pub io_memory: usize,
+}
+
+pub fn init_logging(format: &LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,str0m=warn,is=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

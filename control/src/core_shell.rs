@@ -1,0 +1,314 @@
+//! The IO shell of one core: its UDP sockets, its rings, its timer, and the request/reply plumbing the HTTP
+//! handlers use to reach sessions on other cores.
+//!
+//! Every task here follows the same rhythm: borrow [`CoreState`] briefly, let it react, release it, then
+//! [`CoreShell::flush`] what it queued (datagrams with one `sendmmsg` per batch, messages to other cores).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::poll_once;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::UdpSocket;
+use sfumato_engine::CoreLinks;
+use sfumato_net::udp::{send_batch_nonblocking, Outgoing};
+
+use crate::core_state::{CoreState, Datagram};
+use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, ResourceId, ResourceOp};
+use crate::stats::CoreStats;
+use sfumato_media::webrtc::Role;
+
+/// How long an HTTP handler waits for another core to answer.
+const CROSS_CORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timer granularity bounds for driving str0m timeouts.
+const TICK_MIN: Duration = Duration::from_millis(1);
+const TICK_MAX: Duration = Duration::from_millis(10);
+
+enum Reply {
+    Offer(Result<Created, OfferError>),
+    Resource(bool),
+    Stats(CoreStats),
+}
+
+/// Session counts per core, read by HTTP handlers to place viewers on the least-loaded core. The only state
+/// cores share outside the rings: one word per core, written by its owner, never on the packet path.
+pub type CoreLoads = Arc<Vec<AtomicUsize>>;
+
+pub struct CoreShell {
+    pub state: RefCell<CoreState>,
+    control: CoreLinks<ControlMsg>,
+    media: CoreLinks<MediaMsg>,
+    sockets: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
+    next_req: Cell<u64>,
+    loads: CoreLoads,
+    spare_outbox: RefCell<Vec<Datagram>>,
+}
+
+impl CoreShell {
+    pub fn new(
+        state: CoreState,
+        control: CoreLinks<ControlMsg>,
+        media: CoreLinks<MediaMsg>,
+        sockets: Vec<(SocketAddr, Rc<UdpSocket>)>,
+        loads: CoreLoads,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            state: RefCell::new(state),
+            control,
+            media,
+            sockets,
+            pending: RefCell::new(HashMap::new()),
+            next_req: Cell::new(1),
+            loads,
+            spare_outbox: RefCell::new(Vec::new()),
+        })
+    }
+
+    pub fn core(&self) -> usize {
+        self.control.core()
+    }
+
+    pub fn cores(&self) -> usize {
+        self.control.cores()
+    }
+
+    /// Starts the socket, ring and timer tasks. Returns when they are spawned.
+    pub fn start(
+        self: &Rc<Self>,
+        control_rx: Vec<(usize, ConnectedReceiver<ControlMsg>)>,
+        media_rx: Vec<(usize, ConnectedReceiver<MediaMsg>)>,
+    ) {
+        for (local, sock) in self.sockets.clone() {
+            let me = self.clone();
+            glommio::spawn_local(async move { me.udp_loop(local, sock).await }).detach();
+        }
+        for (_, rx) in control_rx {
+            let me = self.clone();
+            glommio::spawn_local(async move { me.control_loop(rx).await }).detach();
+        }
+        for (_, rx) in media_rx {
+            let me = self.clone();
+            glommio::spawn_local(async move { me.media_loop(rx).await }).detach();
+        }
+        let me = self.clone();
+        glommio::spawn_local(async move { me.timer_loop().await }).detach();
+    }
+
+    async fn udp_loop(self: Rc<Self>, local: SocketAddr, sock: Rc<UdpSocket>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match sock.recv_from(&mut buf).await {
+                Ok((n, remote)) => {
+                    self.state.borrow_mut().on_datagram(Instant::now(), remote, local, &buf[..n]);
+                    self.flush().await;
+                }
+                Err(e) => {
+                    tracing::warn!(core = self.core(), %local, error = %e, "udp receive failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn control_loop(self: Rc<Self>, rx: ConnectedReceiver<ControlMsg>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                ControlMsg::OfferDone { req, result } => self.complete(req, Reply::Offer(result)),
+                ControlMsg::ResourceDone { req, found } => self.complete(req, Reply::Resource(found)),
+                ControlMsg::StatsDone { req, stats } => self.complete(req, Reply::Stats(stats)),
+                other => {
+                    self.state.borrow_mut().on_control(other, Instant::now());
+                    self.flush().await;
+                }
+            }
+        }
+    }
+
+    async fn media_loop(self: Rc<Self>, rx: ConnectedReceiver<MediaMsg>) {
+        let mut batch = Vec::with_capacity(64);
+        while let Some(msg) = rx.recv().await {
+            batch.push(msg);
+            // Take whatever else is already queued before paying for a flush.
+            while batch.len() < 64 {
+                match poll_once(rx.recv()).await {
+                    Some(Some(msg)) => batch.push(msg),
+                    _ => break,
+                }
+            }
+            let now = Instant::now();
+            {
+                let mut st = self.state.borrow_mut();
+                for msg in batch.drain(..) {
+                    st.on_media(msg, now);
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    async fn timer_loop(self: Rc<Self>) {
+        loop {
+            let now = Instant::now();
+            let next = self.state.borrow_mut().on_tick(now);
+            self.loads[self.core()].store(self.state.borrow().session_count(), Ordering::Relaxed);
+            self.flush().await;
+            let wait = next
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(TICK_MAX)
+                .clamp(TICK_MIN, TICK_MAX);
+            glommio::timer::sleep(wait).await;
+        }
+    }
+
+    fn complete(&self, req: u64, reply: Reply) {
+        if let Some(tx) = self.pending.borrow_mut().remove(&req) {
+            let _ = tx.try_send(reply);
+        }
+    }
+
+    /// Performs everything the state queued: media to other cores, datagrams, control messages.
+    pub async fn flush(&self) {
+        let (mut outbox, media, control) = {
+            let mut st = self.state.borrow_mut();
+            let spare = std::mem::take(&mut *self.spare_outbox.borrow_mut());
+            (
+                std::mem::replace(&mut st.outbox, spare),
+                std::mem::take(&mut st.media_out),
+                std::mem::take(&mut st.control_out),
+            )
+        };
+        if !media.is_empty() {
+            let mut full = 0;
+            for (core, msg) in media {
+                if self.media.try_send(core, msg).is_err() {
+                    full += 1;
+                }
+            }
+            self.state.borrow_mut().stats.ring_full_drops += full;
+        }
+        if !outbox.is_empty() {
+            self.send_datagrams(&outbox).await;
+            outbox.clear();
+        }
+        *self.spare_outbox.borrow_mut() = outbox;
+        for (core, msg) in control {
+            if let Err(e) = self.control.send(core, msg).await {
+                tracing::warn!(core = self.core(), to = core, error = %e, "control message lost");
+            }
+        }
+    }
+
+    async fn send_datagrams(&self, outbox: &[Datagram]) {
+        let (mut sent, mut failed) = (0u64, 0u64);
+        for (local, sock) in &self.sockets {
+            let batch: Vec<Outgoing> =
+                outbox.iter().filter(|d| d.from == *local).map(|d| Outgoing { to: d.to, data: &d.data }).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let res = send_batch_nonblocking(sock.as_raw_fd(), &batch);
+            sent += res.sent as u64;
+            failed += res.failed as u64;
+            // Socket buffer full: wait for room datagram by datagram.
+            for d in &batch[res.sent + res.failed..] {
+                match sock.send_to(d.data, d.to).await {
+                    Ok(_) => sent += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        let unknown = outbox.iter().filter(|d| !self.sockets.iter().any(|(l, _)| *l == d.from)).count() as u64;
+        let mut st = self.state.borrow_mut();
+        st.stats.udp_datagrams_out += sent;
+        st.stats.udp_send_errors += failed + unknown;
+    }
+
+    // ---- used by HTTP handlers --------------------------------------------------------------------------
+
+    fn new_request(&self) -> (u64, glommio::channels::local_channel::LocalReceiver<Reply>) {
+        let req = self.next_req.get();
+        self.next_req.set(req + 1);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(req, tx);
+        (req, rx)
+    }
+
+    async fn await_reply(&self, req: u64, rx: glommio::channels::local_channel::LocalReceiver<Reply>) -> Option<Reply> {
+        let reply = glommio::timer::timeout(CROSS_CORE_TIMEOUT, async { Ok(rx.recv().await) }).await.ok().flatten();
+        self.pending.borrow_mut().remove(&req);
+        reply
+    }
+
+    /// The core a new viewer should live on: the one with the fewest sessions.
+    pub fn least_loaded_core(&self) -> usize {
+        (0..self.cores()).min_by_key(|&c| (self.loads[c].load(Ordering::Relaxed), c != self.core())).unwrap_or(0)
+    }
+
+    /// Creates a session on `core` (this one or another).
+    pub async fn offer(&self, core: usize, role: Role, room: String, sdp: String) -> Result<Created, OfferError> {
+        if core == self.core() {
+            let res = self.state.borrow_mut().create_session(role, &room, &sdp, Instant::now());
+            self.flush().await;
+            return res;
+        }
+        let (req, rx) = self.new_request();
+        let msg = ControlMsg::Offer { reply_to: self.core(), req, role, room, sdp };
+        if self.control.send(core, msg).await.is_err() {
+            self.pending.borrow_mut().remove(&req);
+            return Err(OfferError::Unavailable(format!("core {core} is not running")));
+        }
+        match self.await_reply(req, rx).await {
+            Some(Reply::Offer(res)) => res,
+            _ => Err(OfferError::Unavailable(format!("core {core} did not answer in time"))),
+        }
+    }
+
+    /// DELETE/PATCH on a resource, wherever it lives. `false` = no such resource.
+    pub async fn resource(&self, id: ResourceId, op: ResourceOp) -> bool {
+        let core = id.session.core();
+        if core >= self.cores() {
+            return false;
+        }
+        if core == self.core() {
+            let found = self.state.borrow_mut().resource_op(id, op, Instant::now());
+            self.flush().await;
+            return found;
+        }
+        let (req, rx) = self.new_request();
+        if self.control.send(core, ControlMsg::Resource { reply_to: self.core(), req, id, op }).await.is_err() {
+            self.pending.borrow_mut().remove(&req);
+            return false;
+        }
+        matches!(self.await_reply(req, rx).await, Some(Reply::Resource(true)))
+    }
+
+    /// Node-wide statistics: this core's plus every other core's.
+    pub async fn node_stats(&self) -> (CoreStats, Vec<CoreStats>) {
+        let mut per_core = vec![CoreStats::default(); self.cores()];
+        per_core[self.core()] = self.state.borrow().snapshot();
+        for core in 0..self.cores() {
+            if core == self.core() {
+                continue;
+            }
+            let (req, rx) = self.new_request();
+            if self.control.send(core, ControlMsg::StatsRequest { reply_to: self.core(), req }).await.is_ok() {
+                if let Some(Reply::Stats(s)) = self.await_reply(req, rx).await {
+                    per_core[core] = s;
+                }
+            }
+        }
+        let mut total = CoreStats::default();
+        for s in &per_core {
+            total.add(s);
+        }
+        (total, per_core)
+    }
+}

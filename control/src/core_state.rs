@@ -1,0 +1,399 @@
+//! Everything one core owns — its WebRTC sessions, the rooms whose home it is, its viewers — and how it
+//! reacts to datagrams, timeouts and messages from other cores.
+//!
+//! No IO happens here: every reaction appends to `outbox` (datagrams to send), `control_out` (messages to
+//! other cores) and `media_out` (packets to other cores). The shell in `core_shell.rs` performs them. That
+//! keeps the borrow of this state short (never held across an `.await`) and the logic testable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sfumato_media::packet::ForwardedPacket;
+use sfumato_media::room::{LocalViewers, RoomChange, RoomError, RoomKey, RoomRouter, SessionId};
+use sfumato_media::stun;
+use sfumato_media::webrtc::{Role, SessionError, SessionEvent, WebRtcSession};
+use str0m::config::DtlsCert;
+
+use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, ResourceId, ResourceOp};
+use crate::stats::CoreStats;
+
+struct SessionEntry {
+    session: WebRtcSession,
+    room: RoomKey,
+    room_name: String,
+    nonce: u64,
+    remote_addrs: Vec<SocketAddr>,
+}
+
+/// A datagram waiting to be sent from the socket bound to `from`.
+pub struct Datagram {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+pub struct CoreState {
+    pub core: usize,
+    pub cores: usize,
+    candidates: Vec<SocketAddr>,
+    cert: Option<DtlsCert>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    by_ufrag: HashMap<String, SessionId>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    router: RoomRouter,
+    viewers: LocalViewers,
+    next_session: u64,
+    nonce_state: u64,
+    scratch: Vec<Vec<SessionEvent>>,
+    pub stats: CoreStats,
+    pub outbox: Vec<Datagram>,
+    pub control_out: Vec<(usize, ControlMsg)>,
+    pub media_out: Vec<(usize, MediaMsg)>,
+}
+
+impl CoreState {
+    pub fn new(core: usize, cores: usize, candidates: Vec<SocketAddr>, cert: Option<DtlsCert>) -> Self {
+        let seed = ((std::process::id() as u64) << 32) ^ core as u64;
+        Self {
+            core,
+            cores,
+            candidates,
+            cert,
+            sessions: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            router: RoomRouter::new(core),
+            viewers: LocalViewers::default(),
+            next_session: 0,
+            nonce_state: seed ^ random_seed(),
+            scratch: Vec::new(),
+            stats: CoreStats::default(),
+            outbox: Vec::new(),
+            control_out: Vec::new(),
+            media_out: Vec::new(),
+        }
+    }
+
+    fn next_nonce(&mut self) -> u64 {
+        // splitmix64: unpredictable enough for URL nonces seeded from the OS.
+        self.nonce_state = self.nonce_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.nonce_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Sends `msg` to `core`, or handles it right here if it is this core.
+    fn to_core(&mut self, core: usize, msg: ControlMsg, now: Instant) {
+        if core == self.core {
+            self.on_control(msg, now);
+        } else {
+            self.control_out.push((core, msg));
+        }
+    }
+
+    // ---- signalling -------------------------------------------------------------------------------------
+
+    /// Creates a session for an SDP offer. Publishers must be created on the room's home core.
+    pub fn create_session(&mut self, role: Role, room: &str, sdp: &str, now: Instant) -> Result<Created, OfferError> {
+        let key = RoomKey::of(room);
+        let home = key.home_core(self.cores);
+        if role == Role::Publisher && home != self.core {
+            return Err(OfferError::Unavailable(format!("publisher offer routed to core {} not home {}", self.core, home)));
+        }
+        if role == Role::Publisher && self.router.publisher(key).is_some() {
+            return Err(OfferError::RoomBusy);
+        }
+        let (mut session, answer) =
+            WebRtcSession::accept(role, sdp, &self.candidates, self.cert.clone(), now).map_err(|e| match e {
+                SessionError::BadSdp(_) | SessionError::NoUsableMedia(_) => OfferError::BadOffer(e.to_string()),
+                other => OfferError::Unavailable(other.to_string()),
+            })?;
+        self.next_session += 1;
+        let id = SessionId::new(self.core, self.next_session);
+        let nonce = self.next_nonce();
+        let mut changes = Vec::new();
+        match role {
+            Role::Publisher => {
+                let source = self.router.publish(key, room, id, &mut changes).map_err(|e| match e {
+                    RoomError::AlreadyPublished => OfferError::RoomBusy,
+                })?;
+                session.set_source(source);
+                self.stats.publishers += 1;
+            }
+            Role::Viewer => {
+                if self.viewers.add(key, id) {
+                    let msg = ControlMsg::ViewerCoreJoined { room: key, name: room.to_string(), core: self.core };
+                    self.to_core(home, msg, now);
+                }
+                self.stats.viewers += 1;
+            }
+        }
+        log_room_changes(&changes, self.core);
+        self.by_ufrag.insert(session.local_ufrag().to_string(), id);
+        self.sessions.insert(
+            id,
+            SessionEntry { session, room: key, room_name: room.to_string(), nonce, remote_addrs: Vec::new() },
+        );
+        self.stats.sessions_created += 1;
+        tracing::info!(core = self.core, session = id.0, ?role, room, "session created");
+        self.drain_session(id, now);
+        Ok(Created { resource: ResourceId { session: id, nonce }, answer })
+    }
+
+    /// DELETE/PATCH on a resource this core owns.
+    pub fn resource_op(&mut self, id: ResourceId, op: ResourceOp, now: Instant) -> bool {
+        match self.sessions.get_mut(&id.session) {
+            Some(entry) if entry.nonce == id.nonce => {
+                if op == ResourceOp::Delete {
+                    entry.session.close();
+                    self.remove_session(id.session, "deleted", now);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    // ---- UDP --------------------------------------------------------------------------------------------
+
+    pub fn on_datagram(&mut self, now: Instant, remote: SocketAddr, local: SocketAddr, buf: &[u8]) {
+        self.stats.udp_datagrams_in += 1;
+        let id = match self.by_addr.get(&remote) {
+            Some(id) => *id,
+            None => {
+                // Only a STUN binding request naming one of our sessions may introduce a new address.
+                let Some(id) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u)).copied() else {
+                    self.stats.udp_unroutable += 1;
+                    return;
+                };
+                id
+            }
+        };
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            self.stats.udp_unroutable += 1;
+            return;
+        };
+        if entry.session.handle_datagram(now, remote, local, buf) {
+            if !entry.remote_addrs.contains(&remote) && entry.remote_addrs.len() < 8 {
+                entry.remote_addrs.push(remote);
+                self.by_addr.insert(remote, id);
+            }
+        } else {
+            self.stats.udp_rejected += 1;
+        }
+        self.drain_session(id, now);
+    }
+
+    // ---- timers -----------------------------------------------------------------------------------------
+
+    /// Drives every session whose timeout is due and reaps dead ones. Returns the next deadline.
+    pub fn on_tick(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, e)| e.session.next_timeout() <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            if let Some(e) = self.sessions.get_mut(&id) {
+                e.session.handle_timeout(now);
+            }
+            self.drain_session(id, now);
+        }
+        let dead: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, e)| !e.session.is_alive(now)).map(|(id, _)| *id).collect();
+        for id in dead {
+            let reason = if self.sessions.get(&id).is_some_and(|e| e.session.is_connected()) {
+                "disconnected"
+            } else {
+                "never connected"
+            };
+            self.remove_session(id, reason, now);
+        }
+        self.sessions.values().map(|e| e.session.next_timeout()).min()
+    }
+
+    // ---- messages from other cores ----------------------------------------------------------------------
+
+    pub fn on_control(&mut self, msg: ControlMsg, now: Instant) {
+        match msg {
+            ControlMsg::Offer { reply_to, req, role, room, sdp } => {
+                let result = self.create_session(role, &room, &sdp, now);
+                self.control_out.push((reply_to, ControlMsg::OfferDone { req, result }));
+            }
+            ControlMsg::Resource { reply_to, req, id, op } => {
+                let found = self.resource_op(id, op, now);
+                self.control_out.push((reply_to, ControlMsg::ResourceDone { req, found }));
+            }
+            ControlMsg::ViewerCoreJoined { room, name, core } => {
+                let mut changes = Vec::new();
+                self.router.add_viewer_core(room, &name, core, &mut changes);
+                log_room_changes(&changes, self.core);
+            }
+            ControlMsg::ViewerCoreLeft { room, core } => {
+                let mut changes = Vec::new();
+                self.router.remove_viewer_core(room, core, &mut changes);
+                log_room_changes(&changes, self.core);
+            }
+            ControlMsg::KeyframeRequest { room } => {
+                if let Some((publisher, _)) = self.router.publisher(room) {
+                    if let Some(e) = self.sessions.get_mut(&publisher) {
+                        if e.session.request_keyframe(now) {
+                            self.stats.keyframe_requests += 1;
+                        }
+                    }
+                    self.drain_session(publisher, now);
+                }
+            }
+            ControlMsg::StatsRequest { reply_to, req } => {
+                let stats = self.snapshot();
+                self.control_out.push((reply_to, ControlMsg::StatsDone { req, stats }));
+            }
+            // Replies are consumed by the shell before they reach the state.
+            ControlMsg::OfferDone { .. } | ControlMsg::ResourceDone { .. } | ControlMsg::StatsDone { .. } => {}
+        }
+    }
+
+    pub fn on_media(&mut self, msg: MediaMsg, now: Instant) {
+        match msg {
+            MediaMsg::Forward { room, packet } => self.deliver_local(room, &packet, now),
+        }
+    }
+
+    pub fn snapshot(&self) -> CoreStats {
+        let mut s = self.stats.clone();
+        s.sessions = self.sessions.len() as u64;
+        s.rooms = self.router.len() as u64;
+        s
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ---- internals --------------------------------------------------------------------------------------
+
+    /// Polls a session until it has nothing more to say and acts on what it said.
+    fn drain_session(&mut self, id: SessionId, now: Instant) {
+        let mut events = self.scratch.pop().unwrap_or_default();
+        let (room, role) = match self.sessions.get_mut(&id) {
+            Some(e) => {
+                e.session.poll(now, &mut events);
+                (e.room, e.session.role())
+            }
+            None => {
+                self.scratch.push(events);
+                return;
+            }
+        };
+        for ev in events.drain(..) {
+            match ev {
+                SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data }),
+                SessionEvent::Rtp(packet) => {
+                    self.stats.rtp_packets_in += 1;
+                    self.fan_out(room, packet, now);
+                }
+                SessionEvent::KeyframeRequested => {
+                    let home = room.home_core(self.cores);
+                    self.to_core(home, ControlMsg::KeyframeRequest { room }, now);
+                }
+                SessionEvent::Connected => {
+                    tracing::info!(core = self.core, session = id.0, ?role, "session connected");
+                    if role == Role::Viewer {
+                        // Start the new viewer on a fresh keyframe instead of waiting for the next one.
+                        let home = room.home_core(self.cores);
+                        self.to_core(home, ControlMsg::KeyframeRequest { room }, now);
+                    }
+                }
+            }
+        }
+        self.scratch.push(events);
+    }
+
+    /// Hands a publisher packet to every core with viewers of the room, once per core.
+    fn fan_out(&mut self, room: RoomKey, packet: ForwardedPacket, now: Instant) {
+        let cores = self.router.viewer_cores(room);
+        let mut local = false;
+        for &core in cores {
+            if core == self.core {
+                local = true;
+            } else {
+                self.media_out.push((core, MediaMsg::Forward { room, packet: packet.clone() }));
+            }
+        }
+        if local {
+            self.deliver_local(room, &packet, now);
+        }
+    }
+
+    /// Writes a packet to every viewer of the room on this core.
+    fn deliver_local(&mut self, room: RoomKey, packet: &ForwardedPacket, now: Instant) {
+        let mut events = self.scratch.pop().unwrap_or_default();
+        let mut keyframe_wanted = false;
+        for id in self.viewers.viewers(room) {
+            let Some(entry) = self.sessions.get_mut(id) else { continue };
+            match entry.session.write_forwarded(packet, now) {
+                Ok(()) => self.stats.rtp_packets_forwarded += 1,
+                Err(_) => self.stats.rtp_packets_skipped += 1,
+            }
+            entry.session.poll(now, &mut events);
+            for ev in events.drain(..) {
+                match ev {
+                    SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data }),
+                    SessionEvent::KeyframeRequested => keyframe_wanted = true,
+                    SessionEvent::Rtp(_) | SessionEvent::Connected => {}
+                }
+            }
+        }
+        self.scratch.push(events);
+        if keyframe_wanted {
+            let home = room.home_core(self.cores);
+            self.to_core(home, ControlMsg::KeyframeRequest { room }, now);
+        }
+    }
+
+    fn remove_session(&mut self, id: SessionId, reason: &str, now: Instant) {
+        let Some(entry) = self.sessions.remove(&id) else { return };
+        self.by_ufrag.remove(entry.session.local_ufrag());
+        for addr in &entry.remote_addrs {
+            if self.by_addr.get(addr) == Some(&id) {
+                self.by_addr.remove(addr);
+            }
+        }
+        let mut changes = Vec::new();
+        match entry.session.role() {
+            Role::Publisher => {
+                self.router.unpublish(entry.room, id, &mut changes);
+                self.stats.publishers = self.stats.publishers.saturating_sub(1);
+            }
+            Role::Viewer => {
+                if self.viewers.remove(entry.room, id) {
+                    let home = entry.room.home_core(self.cores);
+                    self.to_core(home, ControlMsg::ViewerCoreLeft { room: entry.room, core: self.core }, now);
+                }
+                self.stats.viewers = self.stats.viewers.saturating_sub(1);
+            }
+        }
+        log_room_changes(&changes, self.core);
+        self.stats.sessions_closed += 1;
+        tracing::info!(core = self.core, session = id.0, role = ?entry.session.role(), room = %entry.room_name, reason, "session closed");
+    }
+}
+
+fn log_room_changes(changes: &[RoomChange], core: usize) {
+    for c in changes {
+        match c {
+            RoomChange::Created(k) => tracing::info!(core, room = k.0, "room created"),
+            RoomChange::Destroyed(k) => tracing::info!(core, room = k.0, "room destroyed"),
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+    if n == 8 {
+        u64::from_ne_bytes(buf)
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    }
+}

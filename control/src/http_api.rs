@@ -1,0 +1,264 @@
+//! The HTTP API every core serves (hyper 1, HTTP/1.1): WHIP, WHEP, resource DELETE/PATCH, health, metrics.
+//!
+//! A request is parsed and checked on the core that accepted the TCP connection, then the session is
+//! created on the core that will own it (room's home core for publishers, least-loaded core for viewers)
+//! through [`CoreShell::offer`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use hyper::{Method, Request, Response, StatusCode};
+use sfumato_media::room::RoomKey;
+use sfumato_media::webrtc::Role;
+use sfumato_net::http_io::HyperStream;
+
+use crate::core_shell::CoreShell;
+use crate::messages::{OfferError, ResourceId, ResourceOp};
+
+/// Largest accepted request body (SDP offers are a few KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Connections with no byte moving for this long are closed (slowloris).
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
+
+type Resp = Response<Full<Bytes>>;
+
+/// Accepts connections on `addr` (SO_REUSEPORT: every core binds the same port) until the task is dropped.
+pub async fn serve(shell: Rc<CoreShell>, listener: glommio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let shell = shell.clone();
+                glommio::spawn_local(async move {
+                    let (io, idle) = HyperStream::new(stream);
+                    let svc = hyper::service::service_fn(move |req| {
+                        let shell = shell.clone();
+                        async move { Ok::<_, Infallible>(handle(&shell, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc);
+                    let watchdog = async {
+                        idle.idle_for(IDLE_LIMIT).await;
+                        Ok(())
+                    };
+                    if let Err(e) = futures_lite::future::or(conn, watchdog).await {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    Ok(glommio::net::TcpListener::bind(addr)?)
+}
+
+async fn handle(shell: &CoreShell, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut resp = match (req.method(), segments.as_slice()) {
+        (&Method::OPTIONS, _) => options(),
+        (&Method::GET, ["healthz"]) => healthz(shell).await,
+        (&Method::GET, ["metrics"]) => metrics(shell).await,
+        (&Method::POST, [kind @ ("whip" | "whep"), room]) => {
+            let role = if *kind == "whip" { Role::Publisher } else { Role::Viewer };
+            let room = room.to_string();
+            create(shell, role, kind, &room, req).await
+        }
+        (method @ (&Method::DELETE | &Method::PATCH), ["whip" | "whep", "conn", id]) => {
+            let op = if method == Method::DELETE { ResourceOp::Delete } else { ResourceOp::Touch };
+            let id = id.to_string();
+            resource(shell, op, &id, req).await
+        }
+        (_, ["whip" | "whep", ..]) | (_, ["healthz" | "metrics"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this path")
+        }
+        _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
+    };
+    cors(resp.headers_mut());
+    tracing::debug!(%path, status = resp.status().as_u16(), "http");
+    resp
+}
+
+fn cors(h: &mut hyper::HeaderMap) {
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link"));
+}
+
+fn options() -> Resp {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"));
+    h.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type, Authorization, If-Match"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+    let body = serde_json::json!({ "status": false, "error": code, "message": message });
+    json(status, body)
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= 128
+        && room.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn content_type_is(req: &Request<Incoming>, wanted: &str) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(wanted))
+        .unwrap_or(false)
+}
+
+/// Reads the body up to [`MAX_BODY`]; `Err` is the response to send.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "request body over 64 KiB"));
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE", "request body over 64 KiB"))
+        }
+        Err(_) => Err(error(StatusCode::BAD_REQUEST, "BAD_BODY", "could not read request body")),
+    }
+}
+
+async fn create(shell: &CoreShell, role: Role, kind: &str, room: &str, req: Request<Incoming>) -> Resp {
+    if !valid_room(room) {
+        return error(StatusCode::BAD_REQUEST, "BAD_ROOM", "room names are 1-128 characters of A-Z a-z 0-9 - _ .");
+    }
+    if !content_type_is(&req, "application/sdp") {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "expected Content-Type: application/sdp");
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(sdp) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "BAD_SDP", "SDP offer is not UTF-8");
+    };
+    if !sdp.trim_start().starts_with("v=0") {
+        return error(StatusCode::BAD_REQUEST, "BAD_SDP", "body is not an SDP offer (must start with v=0)");
+    }
+    let core = match role {
+        Role::Publisher => RoomKey::of(room).home_core(shell.cores()),
+        Role::Viewer => shell.least_loaded_core(),
+    };
+    match shell.offer(core, role, room.to_string(), sdp.to_string()).await {
+        Ok(created) => {
+            let location = format!("/{kind}/conn/{}", created.resource.to_path_segment());
+            let mut r = Response::new(Full::new(Bytes::from(created.answer)));
+            *r.status_mut() = StatusCode::CREATED;
+            let h = r.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", created.resource.to_path_segment())) {
+                h.insert(hyper::header::ETAG, v);
+            }
+            r
+        }
+        Err(OfferError::BadOffer(reason)) => error(StatusCode::BAD_REQUEST, "BAD_SDP", &reason),
+        Err(OfferError::RoomBusy) => error(StatusCode::CONFLICT, "ROOM_HAS_PUBLISHER", "this room already has a publisher"),
+        Err(OfferError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "offer failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", &reason)
+        }
+    }
+}
+
+async fn resource(shell: &CoreShell, op: ResourceOp, id: &str, req: Request<Incoming>) -> Resp {
+    let Some(id) = ResourceId::parse(id) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
+    };
+    if op == ResourceOp::Touch {
+        if !content_type_is(&req, "application/trickle-ice-sdpfrag") {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "expected Content-Type: application/trickle-ice-sdpfrag",
+            );
+        }
+        if let Err(r) = read_body(req).await {
+            return r;
+        }
+    }
+    if !shell.resource(id, op).await {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
+    }
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = if op == ResourceOp::Delete { StatusCode::OK } else { StatusCode::NO_CONTENT };
+    r
+}
+
+async fn healthz(shell: &CoreShell) -> Resp {
+    let (total, per_core) = shell.node_stats().await;
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "status": "ok",
+            "cores": shell.cores(),
+            "sessions": total.sessions,
+            "publishers": total.publishers,
+            "viewers": total.viewers,
+            "rooms": total.rooms,
+            "stats": total,
+            "per_core": per_core,
+        }),
+    )
+}
+
+async fn metrics(shell: &CoreShell) -> Resp {
+    let (_, per_core) = shell.node_stats().await;
+    let mut out = String::new();
+    let serialized: Vec<serde_json::Value> =
+        per_core.iter().map(|s| serde_json::to_value(s).unwrap_or_default()).collect();
+    if let Some(serde_json::Value::Object(first)) = serialized.first() {
+        for name in first.keys() {
+            out.push_str(&format!("# TYPE sfumato_{name} gauge\n"));
+            for (core, v) in serialized.iter().enumerate() {
+                if let Some(n) = v.get(name).and_then(|x| x.as_u64()) {
+                    out.push_str(&format!("sfumato_{name}{{core=\"{core}\"}} {n}\n"));
+                }
+            }
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from(out)));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn room_names() {
+        assert!(super::valid_room("demo-1_a.b"));
+        assert!(!super::valid_room(""));
+        assert!(!super::valid_room("a/b"));
+        assert!(!super::valid_room(&"x".repeat(129)));
+    }
+}

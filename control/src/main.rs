@@ -1,0 +1,27 @@
+//! `sfumato`: one binary, many roles. `standalone` runs everything on one node.
+
+mod config;
+mod core_shell;
+mod core_state;
+mod http_api;
+mod messages;
+mod node;
+mod stats;
+
+use clap::Parser;
+
+fn main() {
+    let cli = config::Cli::parse();
+    config::init_logging(&cli.log_format);
+    let code = match cli.command {
+        config::Command::Standalone(args) => match node::run_standalone(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("sfumato: {e}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,93 @@
+//! Messages cores exchange over the engine's rings.
+//!
+//! Two meshes: [`ControlMsg`] (signalling, room directory, stats — never dropped: sent with back-pressure)
+//! and [`MediaMsg`] (forwarded RTP — a full ring drops and counts, never blocks the sender).
+
+use sfumato_media::packet::ForwardedPacket;
+use sfumato_media::room::{RoomKey, SessionId};
+use sfumato_media::webrtc::Role;
+
+use crate::stats::CoreStats;
+
+/// A WHIP/WHEP resource, as handed to the client in `Location`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceId {
+    pub session: SessionId,
+    /// Random, so resource URLs can't be guessed from the session counter.
+    pub nonce: u64,
+}
+
+impl ResourceId {
+    pub fn to_path_segment(self) -> String {
+        format!("{:016x}{:016x}", self.session.0, self.nonce)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let session = u64::from_str_radix(&s[..16], 16).ok()?;
+        let nonce = u64::from_str_radix(&s[16..], 16).ok()?;
+        Some(Self { session: SessionId(session), nonce })
+    }
+}
+
+/// Why an offer was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferError {
+    /// 400: bad SDP or no usable media.
+    BadOffer(String),
+    /// 409: the room already has a publisher.
+    RoomBusy,
+    /// 503: the server can't take it (core gone, internal failure).
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub resource: ResourceId,
+    pub answer: String,
+}
+
+/// What to do with an existing resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceOp {
+    /// DELETE: end the session.
+    Delete,
+    /// PATCH (trickle ICE): only checks the resource exists; with ICE-lite the server learns the client's
+    /// addresses from its connectivity checks, so candidates need no processing.
+    Touch,
+}
+
+pub enum ControlMsg {
+    Offer { reply_to: usize, req: u64, role: Role, room: String, sdp: String },
+    OfferDone { req: u64, result: Result<Created, OfferError> },
+    Resource { reply_to: usize, req: u64, id: ResourceId, op: ResourceOp },
+    ResourceDone { req: u64, found: bool },
+    /// To a room's home core: `core` has viewers of the room now.
+    ViewerCoreJoined { room: RoomKey, name: String, core: usize },
+    /// To a room's home core: `core` has no viewers of the room anymore.
+    ViewerCoreLeft { room: RoomKey, core: usize },
+    /// To a room's home core: a viewer needs a keyframe.
+    KeyframeRequest { room: RoomKey },
+    StatsRequest { reply_to: usize, req: u64 },
+    StatsDone { req: u64, stats: CoreStats },
+}
+
+pub enum MediaMsg {
+    Forward { room: RoomKey, packet: ForwardedPacket },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_id_round_trip_and_rejects_junk() {
+        let id = ResourceId { session: SessionId::new(1, 77), nonce: 0xdead_beef_0123_4567 };
+        assert_eq!(ResourceId::parse(&id.to_path_segment()), Some(id));
+        assert_eq!(ResourceId::parse("xyz"), None);
+        assert_eq!(ResourceId::parse(&"g".repeat(32)), None);
+        assert_eq!(ResourceId::parse(&"0".repeat(33)), None);
+    }
+}

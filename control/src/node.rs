@@ -1,0 +1,124 @@
+//! Starting a node: engine, rings, per-core sockets, HTTP listeners — and stopping it on a signal.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sfumato_engine::{Engine, EngineConfig, Mesh, Shutdown};
+use sfumato_net::local_addrs::interface_addresses;
+use sfumato_net::udp::bind_udp;
+
+use crate::config::NodeArgs;
+use crate::core_shell::{CoreLoads, CoreShell};
+use crate::core_state::CoreState;
+use crate::messages::{ControlMsg, MediaMsg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Engine(#[from] sfumato_engine::EngineError),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("--webrtc-port {base} + {cores} cores overflows the port range")]
+    PortRange { base: u16, cores: usize },
+    #[error("a core failed to start; see the log above")]
+    CoreFailed,
+}
+
+/// Ring sizes: control messages are rare; media rings absorb a keyframe burst for one room per core.
+const CONTROL_RING: usize = 1024;
+const MEDIA_RING: usize = 4096;
+
+pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
+    let engine = Engine::new(EngineConfig { cores: args.cores, pin: !args.no_pin, io_memory: args.io_memory })?;
+    let cores = engine.cores();
+    if args.webrtc_port as usize + cores > u16::MAX as usize {
+        return Err(NodeError::PortRange { base: args.webrtc_port, cores });
+    }
+    let ips = media_ips(&args.webrtc_ips);
+    let shutdown = Shutdown::new();
+    shutdown.install_signal_handlers().map_err(NodeError::Signals)?;
+
+    let cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
+    let control_mesh = Arc::new(Mutex::new(Mesh::<ControlMsg>::new(cores, CONTROL_RING)));
+    let media_mesh = Arc::new(Mutex::new(Mesh::<MediaMsg>::new(cores, MEDIA_RING)));
+    let loads: CoreLoads = Arc::new((0..cores).map(|_| AtomicUsize::new(0)).collect());
+    let failed = Arc::new(AtomicBool::new(false));
+    tracing::info!(
+        cores,
+        http = %SocketAddr::new(args.http_addr, args.http_port),
+        webrtc_ports = %format!("{}-{}", args.webrtc_port, args.webrtc_port as usize + cores - 1),
+        ips = ?ips,
+        "sfumato standalone starting"
+    );
+
+    let failed_flag = failed.clone();
+    engine.run(shutdown.clone(), move |ctx| {
+        // Taking the ring ends happens once per core at startup; the mutex never touches the data path.
+        let control = control_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
+        let media = media_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
+        let (args, ips, cert, loads, failed) =
+            (args.clone(), ips.clone(), cert.clone(), loads.clone(), failed_flag.clone());
+        async move {
+            let (Some(control), Some(media)) = (control, media) else {
+                failed.store(true, Ordering::SeqCst);
+                ctx.shutdown.trigger();
+                return;
+            };
+            let mut control = control.connect().await;
+            let mut media = media.connect().await;
+            let port = args.webrtc_port + ctx.core as u16;
+            let mut sockets = Vec::new();
+            for ip in &ips {
+                let addr = SocketAddr::new(*ip, port);
+                match bind_udp(addr) {
+                    Ok(s) => sockets.push((addr, Rc::new(s))),
+                    Err(e) => tracing::warn!(core = ctx.core, %addr, error = %e, "cannot bind WebRTC socket; address skipped"),
+                }
+            }
+            let http_addr = SocketAddr::new(args.http_addr, args.http_port);
+            let listener = match crate::http_api::bind(http_addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(core = ctx.core, %http_addr, error = %e, "cannot listen for HTTP");
+                    failed.store(true, Ordering::SeqCst);
+                    ctx.shutdown.trigger();
+                    return;
+                }
+            };
+            if sockets.is_empty() {
+                tracing::error!(core = ctx.core, port, "no WebRTC socket could be bound");
+                failed.store(true, Ordering::SeqCst);
+                ctx.shutdown.trigger();
+                return;
+            }
+            let candidates: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
+            let state = CoreState::new(ctx.core, ctx.cores, candidates, cert);
+            let control_rx = control.take_receivers();
+            let media_rx = media.take_receivers();
+            let shell = CoreShell::new(state, control, media, sockets, loads);
+            shell.start(control_rx, media_rx);
+            let http = glommio::spawn_local(crate::http_api::serve(shell.clone(), listener)).detach();
+            tracing::debug!(core = ctx.core, "core ready");
+            ctx.shutdown.wait().await;
+            http.cancel();
+            tracing::info!(core = ctx.core, sessions = shell.state.borrow().session_count(), "core stopping");
+        }
+    })?;
+    if failed.load(Ordering::SeqCst) {
+        return Err(NodeError::CoreFailed);
+    }
+    tracing::info!("sfumato stopped");
+    Ok(())
+}
+
+/// The addresses WebRTC binds and advertises: the configured ones, or loopback plus every interface address.
+fn media_ips(configured: &[IpAddr]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = if configured.is_empty() { interface_addresses() } else { configured.to_vec() };
+    if configured.is_empty() && !ips.iter().any(|ip| ip.is_loopback() && ip.is_ipv4()) {
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    ips.retain(|ip| !ip.is_unspecified() && !ip.is_multicast());
+    ips
+}

@@ -1,0 +1,16 @@
+//! Sans-IO media logic: everything between "a datagram arrived" and "these datagrams must go out", with no
+//! sockets and no executor. The control crate's per-core shell feeds it and sends what it returns.
+//!
+//! - [`webrtc`]: one WebRTC peer (str0m in RTP mode) as publisher or viewer.
+//! - [`room`]: room directory on the home core, viewer lists per core.
+//! - [`seq_rewrite`]: per-viewer sequence/timestamp continuity across publishers.
+//! - [`keyframe`]: keyframe detection per codec.
+//! - [`stun`]: STUN USERNAME parsing to route first packets to their session.
+//! - [`packet`]: the shared forwarded packet.
+
+pub mod keyframe;
+pub mod packet;
+pub mod room;
+pub mod seq_rewrite;
+pub mod stun;
+pub mod webrtc;

@@ -1,0 +1,267 @@
+//! Rooms: who publishes, and which cores have viewers.
+//!
+//! A room lives on its *home core* (`RoomKey::home_core`). The home core's [`RoomRouter`] knows the room's
+//! publisher and the set of cores with at least one viewer, so each publisher packet is handed to every such
+//! core exactly once. Each core keeps its own [`LocalViewers`] list and tells the home core when its first
+//! viewer of a room arrives and when its last one leaves. Pure data structures: no sockets, no clocks.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+/// Identity of a room, the same on every core (a fixed hash of its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey(pub u64);
+
+impl RoomKey {
+    pub fn of(name: &str) -> Self {
+        // SipHash with fixed keys: stable across cores and runs.
+        let mut h = std::hash::DefaultHasher::new();
+        name.hash(&mut h);
+        RoomKey(h.finish())
+    }
+
+    pub fn home_core(self, cores: usize) -> usize {
+        (self.0 % cores.max(1) as u64) as usize
+    }
+}
+
+/// A WebRTC session, unique on the node; the owning core is encoded in the top byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    pub fn new(core: usize, counter: u64) -> Self {
+        SessionId(((core as u64 & 0xff) << 56) | (counter & 0x00ff_ffff_ffff_ffff))
+    }
+
+    pub fn core(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RoomError {
+    #[error("room already has a publisher")]
+    AlreadyPublished,
+}
+
+#[derive(Debug)]
+struct RoomEntry {
+    name: String,
+    publisher: Option<(SessionId, u64)>,
+    /// Cores (other than home) that have at least one viewer.
+    viewer_cores: Vec<usize>,
+}
+
+/// What changed in the room directory, for events and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomChange {
+    Created(RoomKey),
+    Destroyed(RoomKey),
+}
+
+/// The room directory of one home core.
+#[derive(Debug, Default)]
+pub struct RoomRouter {
+    rooms: HashMap<RoomKey, RoomEntry>,
+    next_source: u64,
+}
+
+impl RoomRouter {
+    pub fn new(core: usize) -> Self {
+        // Sources are unique per node: core in the top byte.
+        Self { rooms: HashMap::new(), next_source: (core as u64) << 56 }
+    }
+
+    fn entry(&mut self, key: RoomKey, name: &str, changes: &mut Vec<RoomChange>) -> &mut RoomEntry {
+        self.rooms.entry(key).or_insert_with(|| {
+            changes.push(RoomChange::Created(key));
+            RoomEntry { name: name.to_string(), publisher: None, viewer_cores: Vec::new() }
+        })
+    }
+
+    /// Registers `session` as the room's publisher; returns its source id (new for every publish).
+    pub fn publish(
+        &mut self,
+        key: RoomKey,
+        name: &str,
+        session: SessionId,
+        changes: &mut Vec<RoomChange>,
+    ) -> Result<u64, RoomError> {
+        self.next_source += 1;
+        let source = self.next_source;
+        let room = self.entry(key, name, changes);
+        if room.publisher.is_some() {
+            self.destroy_if_idle(key, changes);
+            return Err(RoomError::AlreadyPublished);
+        }
+        room.publisher = Some((session, source));
+        Ok(source)
+    }
+
+    /// Removes the publisher if it is `session`.
+    pub fn unpublish(&mut self, key: RoomKey, session: SessionId, changes: &mut Vec<RoomChange>) {
+        if let Some(room) = self.rooms.get_mut(&key) {
+            if matches!(room.publisher, Some((s, _)) if s == session) {
+                room.publisher = None;
+            }
+        }
+        self.destroy_if_idle(key, changes);
+    }
+
+    /// Core `core` now has viewers of the room (idempotent).
+    pub fn add_viewer_core(&mut self, key: RoomKey, name: &str, core: usize, changes: &mut Vec<RoomChange>) {
+        let room = self.entry(key, name, changes);
+        if !room.viewer_cores.contains(&core) {
+            room.viewer_cores.push(core);
+            room.viewer_cores.sort_unstable();
+        }
+    }
+
+    /// Core `core` has no viewers of the room anymore.
+    pub fn remove_viewer_core(&mut self, key: RoomKey, core: usize, changes: &mut Vec<RoomChange>) {
+        if let Some(room) = self.rooms.get_mut(&key) {
+            room.viewer_cores.retain(|&c| c != core);
+        }
+        self.destroy_if_idle(key, changes);
+    }
+
+    fn destroy_if_idle(&mut self, key: RoomKey, changes: &mut Vec<RoomChange>) {
+        if let Some(room) = self.rooms.get(&key) {
+            if room.publisher.is_none() && room.viewer_cores.is_empty() {
+                self.rooms.remove(&key);
+                changes.push(RoomChange::Destroyed(key));
+            }
+        }
+    }
+
+    /// The room's publisher session and source id.
+    pub fn publisher(&self, key: RoomKey) -> Option<(SessionId, u64)> {
+        self.rooms.get(&key).and_then(|r| r.publisher)
+    }
+
+    /// Cores the room's packets must be handed to (each once).
+    pub fn viewer_cores(&self, key: RoomKey) -> &[usize] {
+        self.rooms.get(&key).map(|r| r.viewer_cores.as_slice()).unwrap_or(&[])
+    }
+
+    pub fn name(&self, key: RoomKey) -> Option<&str> {
+        self.rooms.get(&key).map(|r| r.name.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+}
+
+/// The viewers one core serves, by room.
+#[derive(Debug, Default)]
+pub struct LocalViewers {
+    rooms: HashMap<RoomKey, Vec<SessionId>>,
+}
+
+impl LocalViewers {
+    /// Adds a viewer; returns `true` if it is this core's first viewer of the room.
+    pub fn add(&mut self, key: RoomKey, session: SessionId) -> bool {
+        let list = self.rooms.entry(key).or_default();
+        let first = list.is_empty();
+        if !list.contains(&session) {
+            list.push(session);
+        }
+        first
+    }
+
+    /// Removes a viewer; returns `true` if it was this core's last viewer of the room.
+    pub fn remove(&mut self, key: RoomKey, session: SessionId) -> bool {
+        let Some(list) = self.rooms.get_mut(&key) else { return false };
+        let before = list.len();
+        list.retain(|&s| s != session);
+        if list.is_empty() {
+            self.rooms.remove(&key);
+            return before > 0;
+        }
+        false
+    }
+
+    pub fn viewers(&self, key: RoomKey) -> &[SessionId] {
+        self.rooms.get(&key).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    pub fn rooms(&self) -> impl Iterator<Item = RoomKey> + '_ {
+        self.rooms.keys().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_key_is_stable_and_spreads() {
+        assert_eq!(RoomKey::of("a"), RoomKey::of("a"));
+        let homes: std::collections::HashSet<_> =
+            (0..64).map(|i| RoomKey::of(&format!("room{i}")).home_core(4)).collect();
+        assert_eq!(homes.len(), 4);
+    }
+
+    #[test]
+    fn session_id_encodes_core() {
+        let s = SessionId::new(3, 42);
+        assert_eq!(s.core(), 3);
+        assert_ne!(SessionId::new(2, 42), s);
+    }
+
+    #[test]
+    fn publish_view_and_destroy() {
+        let k = RoomKey::of("r");
+        let mut r = RoomRouter::new(0);
+        let mut ch = Vec::new();
+        let p = SessionId::new(0, 1);
+        let src = r.publish(k, "r", p, &mut ch).unwrap();
+        assert_eq!(ch, vec![RoomChange::Created(k)]);
+        assert_eq!(r.publish(k, "r", SessionId::new(0, 2), &mut ch), Err(RoomError::AlreadyPublished));
+        r.add_viewer_core(k, "r", 1, &mut ch);
+        r.add_viewer_core(k, "r", 1, &mut ch);
+        r.add_viewer_core(k, "r", 0, &mut ch);
+        assert_eq!(r.viewer_cores(k), &[0, 1]);
+        r.unpublish(k, p, &mut ch);
+        assert_eq!(r.publisher(k), None);
+        // Re-publish gets a new source id.
+        let src2 = r.publish(k, "r", p, &mut ch).unwrap();
+        assert_ne!(src, src2);
+        r.unpublish(k, p, &mut ch);
+        r.remove_viewer_core(k, 1, &mut ch);
+        assert_eq!(r.len(), 1);
+        r.remove_viewer_core(k, 0, &mut ch);
+        assert!(r.is_empty());
+        assert_eq!(ch.last(), Some(&RoomChange::Destroyed(k)));
+    }
+
+    #[test]
+    fn viewers_before_publisher_keep_room() {
+        let k = RoomKey::of("early");
+        let mut r = RoomRouter::new(1);
+        let mut ch = Vec::new();
+        r.add_viewer_core(k, "early", 1, &mut ch);
+        assert_eq!(r.publisher(k), None);
+        assert_eq!(r.len(), 1);
+        let s = r.publish(k, "early", SessionId::new(1, 9), &mut ch).unwrap();
+        assert_eq!(r.publisher(k), Some((SessionId::new(1, 9), s)));
+    }
+
+    #[test]
+    fn local_viewers_first_and_last() {
+        let k = RoomKey::of("x");
+        let mut v = LocalViewers::default();
+        assert!(v.add(k, SessionId(1)));
+        assert!(!v.add(k, SessionId(2)));
+        assert!(!v.remove(k, SessionId(1)));
+        assert!(v.remove(k, SessionId(2)));
+        assert!(!v.remove(k, SessionId(2)));
+        assert!(v.viewers(k).is_empty());
+    }
+}
