@@ -12,7 +12,8 @@ use std::time::Instant;
 use sfumato_media::packet::ForwardedPacket;
 use sfumato_media::room::{LocalViewers, RoomChange, RoomError, RoomKey, RoomRouter, SessionId};
 use sfumato_media::stun;
-use sfumato_media::webrtc::{Role, SessionError, SessionEvent, WebRtcSession};
+use sfumato_media::seq_rewrite::Skip;
+use sfumato_media::webrtc::{Role, SessionError, SessionEvent, WebRtcSession, WriteSkip};
 use str0m::config::DtlsCert;
 
 use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, ResourceId, ResourceOp};
@@ -332,7 +333,12 @@ impl CoreState {
             let Some(entry) = self.sessions.get_mut(id) else { continue };
             match entry.session.write_forwarded(packet, now) {
                 Ok(()) => self.stats.rtp_packets_forwarded += 1,
-                Err(_) => self.stats.rtp_packets_skipped += 1,
+                Err(skip) => {
+                    self.stats.rtp_packets_skipped += 1;
+                    if skip == WriteSkip::Rewrite(Skip::AwaitingKeyframe) && entry.session.should_ask_keyframe(now) {
+                        keyframe_wanted = true;
+                    }
+                }
             }
             entry.session.poll(now, &mut events);
             for ev in events.drain(..) {

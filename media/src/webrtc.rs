@@ -85,6 +85,8 @@ pub struct WebRtcSession {
     publisher_mids: Vec<(Mid, TrackKind)>,
     last_keyframe_request: Option<Instant>,
     keyframe_wanted: bool,
+    /// Viewer: when it last asked its publisher for a keyframe.
+    last_keyframe_ask: Option<Instant>,
     /// Viewer: one outgoing track per kind.
     viewer_tracks: Vec<ViewerTrack>,
 }
@@ -198,6 +200,7 @@ impl WebRtcSession {
             publisher_mids: Vec::new(),
             last_keyframe_request: None,
             keyframe_wanted: false,
+            last_keyframe_ask: None,
             viewer_tracks: Vec::new(),
         };
         match role {
@@ -358,6 +361,19 @@ impl WebRtcSession {
             self.keyframe_wanted = true;
         }
         sent
+    }
+
+    /// Viewer: whether to ask the publisher for a keyframe now because this viewer is waiting for one (a
+    /// joined-early viewer, a re-publish, a lost keyframe). Throttled to one ask per
+    /// [`KEYFRAME_REQUEST_INTERVAL`].
+    pub fn should_ask_keyframe(&mut self, now: Instant) -> bool {
+        match self.last_keyframe_ask {
+            Some(t) if now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL => false,
+            _ => {
+                self.last_keyframe_ask = Some(now);
+                true
+            }
+        }
     }
 
     /// Viewer: writes one forwarded packet with this viewer's payload type and its own sequence numbers.
