@@ -47,6 +47,10 @@ pub struct NodeArgs {
     /// Don't pin executors to CPUs.
     #[arg(long, env = "SFUMATO_NO_PIN")]
     pub no_pin: bool,
+    /// Cluster secret: signs tokens. The default `insecure` is dev mode (tokens optional); anything else
+    /// requires a token for every publish and watch.
+    #[arg(long, default_value = crate::auth::INSECURE_SECRET, env = "SFUMATO_SECRET", hide_default_value = false, hide_env_values = true)]
+    pub secret: String,
     /// Bytes of io_uring buffer memory per core (locked memory: about 3 × this × cores must fit `ulimit -l`).
     #[arg(long, default_value_t = 1 << 20, env = "SFUMATO_IO_MEMORY")]
     pub io_memory: usize,

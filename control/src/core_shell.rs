@@ -21,9 +21,9 @@ use sfumato_engine::CoreLinks;
 use sfumato_net::udp::{send_batch_nonblocking, Outgoing};
 
 use crate::core_state::{CoreState, Datagram};
-use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, ResourceId, ResourceOp};
+use crate::auth::Authority;
+use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
 use crate::stats::CoreStats;
-use sfumato_media::webrtc::Role;
 
 /// How long an HTTP handler waits for another core to answer.
 const CROSS_CORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,7 +33,7 @@ const TICK_MAX: Duration = Duration::from_millis(10);
 
 enum Reply {
     Offer(Result<Created, OfferError>),
-    Resource(bool),
+    Resource(ResourceOutcome),
     Stats(CoreStats),
 }
 
@@ -49,6 +49,7 @@ pub struct CoreShell {
     pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
     next_req: Cell<u64>,
     loads: CoreLoads,
+    pub auth: Authority,
     spare_outbox: RefCell<Vec<Datagram>>,
 }
 
@@ -59,6 +60,7 @@ impl CoreShell {
         media: CoreLinks<MediaMsg>,
         sockets: Vec<(SocketAddr, Rc<UdpSocket>)>,
         loads: CoreLoads,
+        auth: Authority,
     ) -> Rc<Self> {
         Rc::new(Self {
             state: RefCell::new(state),
@@ -68,6 +70,7 @@ impl CoreShell {
             pending: RefCell::new(HashMap::new()),
             next_req: Cell::new(1),
             loads,
+            auth,
             spare_outbox: RefCell::new(Vec::new()),
         })
     }
@@ -122,7 +125,7 @@ impl CoreShell {
         while let Some(msg) = rx.recv().await {
             match msg {
                 ControlMsg::OfferDone { req, result } => self.complete(req, Reply::Offer(result)),
-                ControlMsg::ResourceDone { req, found } => self.complete(req, Reply::Resource(found)),
+                ControlMsg::ResourceDone { req, outcome } => self.complete(req, Reply::Resource(outcome)),
                 ControlMsg::StatsDone { req, stats } => self.complete(req, Reply::Stats(stats)),
                 other => {
                     self.state.borrow_mut().on_control(other, Instant::now());
@@ -253,14 +256,14 @@ impl CoreShell {
     }
 
     /// Creates a session on `core` (this one or another).
-    pub async fn offer(&self, core: usize, role: Role, room: String, sdp: String) -> Result<Created, OfferError> {
+    pub async fn offer(&self, core: usize, offer: OfferRequest) -> Result<Created, OfferError> {
         if core == self.core() {
-            let res = self.state.borrow_mut().create_session(role, &room, &sdp, Instant::now());
+            let res = self.state.borrow_mut().create_session(&offer, Instant::now());
             self.flush().await;
             return res;
         }
         let (req, rx) = self.new_request();
-        let msg = ControlMsg::Offer { reply_to: self.core(), req, role, room, sdp };
+        let msg = ControlMsg::Offer { reply_to: self.core(), req, offer };
         if self.control.send(core, msg).await.is_err() {
             self.pending.borrow_mut().remove(&req);
             return Err(OfferError::Unavailable(format!("core {core} is not running")));
@@ -271,23 +274,27 @@ impl CoreShell {
         }
     }
 
-    /// DELETE/PATCH on a resource, wherever it lives. `false` = no such resource.
-    pub async fn resource(&self, id: ResourceId, op: ResourceOp) -> bool {
+    /// DELETE/PATCH on a resource, wherever it lives.
+    pub async fn resource(&self, id: ResourceId, op: ResourceOp, presented: Option<u64>) -> ResourceOutcome {
         let core = id.session.core();
         if core >= self.cores() {
-            return false;
+            return ResourceOutcome::NotFound;
         }
         if core == self.core() {
-            let found = self.state.borrow_mut().resource_op(id, op, Instant::now());
+            let outcome = self.state.borrow_mut().resource_op(id, op, presented, Instant::now());
             self.flush().await;
-            return found;
+            return outcome;
         }
         let (req, rx) = self.new_request();
-        if self.control.send(core, ControlMsg::Resource { reply_to: self.core(), req, id, op }).await.is_err() {
+        let msg = ControlMsg::Resource { reply_to: self.core(), req, id, op, presented };
+        if self.control.send(core, msg).await.is_err() {
             self.pending.borrow_mut().remove(&req);
-            return false;
+            return ResourceOutcome::NotFound;
         }
-        matches!(self.await_reply(req, rx).await, Some(Reply::Resource(true)))
+        match self.await_reply(req, rx).await {
+            Some(Reply::Resource(outcome)) => outcome,
+            _ => ResourceOutcome::NotFound,
+        }
     }
 
     /// Node-wide statistics: this core's plus every other core's.

@@ -16,7 +16,7 @@ use sfumato_media::seq_rewrite::Skip;
 use sfumato_media::webrtc::{Role, SessionError, SessionEvent, WebRtcSession, WriteSkip};
 use str0m::config::DtlsCert;
 
-use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, ResourceId, ResourceOp};
+use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
 use crate::stats::CoreStats;
 
 struct SessionEntry {
@@ -24,6 +24,7 @@ struct SessionEntry {
     room: RoomKey,
     room_name: String,
     nonce: u64,
+    owner: Option<u64>,
     remote_addrs: Vec<SocketAddr>,
 }
 
@@ -97,7 +98,8 @@ impl CoreState {
     // ---- signalling -------------------------------------------------------------------------------------
 
     /// Creates a session for an SDP offer. Publishers must be created on the room's home core.
-    pub fn create_session(&mut self, role: Role, room: &str, sdp: &str, now: Instant) -> Result<Created, OfferError> {
+    pub fn create_session(&mut self, offer: &OfferRequest, now: Instant) -> Result<Created, OfferError> {
+        let (role, room, sdp) = (offer.role, offer.room.as_str(), offer.sdp.as_str());
         let key = RoomKey::of(room);
         let home = key.home_core(self.cores);
         if role == Role::Publisher && home != self.core {
@@ -135,7 +137,7 @@ impl CoreState {
         self.by_ufrag.insert(session.local_ufrag().to_string(), id);
         self.sessions.insert(
             id,
-            SessionEntry { session, room: key, room_name: room.to_string(), nonce, remote_addrs: Vec::new() },
+            SessionEntry { session, room: key, room_name: room.to_string(), nonce, owner: offer.owner, remote_addrs: Vec::new() },
         );
         self.stats.sessions_created += 1;
         tracing::info!(core = self.core, session = id.0, ?role, room, "session created");
@@ -144,16 +146,19 @@ impl CoreState {
     }
 
     /// DELETE/PATCH on a resource this core owns.
-    pub fn resource_op(&mut self, id: ResourceId, op: ResourceOp, now: Instant) -> bool {
+    pub fn resource_op(&mut self, id: ResourceId, op: ResourceOp, presented: Option<u64>, now: Instant) -> ResourceOutcome {
         match self.sessions.get_mut(&id.session) {
             Some(entry) if entry.nonce == id.nonce => {
+                if entry.owner.is_some() && entry.owner != presented {
+                    return ResourceOutcome::Forbidden;
+                }
                 if op == ResourceOp::Delete {
                     entry.session.close();
                     self.remove_session(id.session, "deleted", now);
                 }
-                true
+                ResourceOutcome::Done
             }
-            _ => false,
+            _ => ResourceOutcome::NotFound,
         }
     }
 
@@ -216,13 +221,13 @@ impl CoreState {
 
     pub fn on_control(&mut self, msg: ControlMsg, now: Instant) {
         match msg {
-            ControlMsg::Offer { reply_to, req, role, room, sdp } => {
-                let result = self.create_session(role, &room, &sdp, now);
+            ControlMsg::Offer { reply_to, req, offer } => {
+                let result = self.create_session(&offer, now);
                 self.control_out.push((reply_to, ControlMsg::OfferDone { req, result }));
             }
-            ControlMsg::Resource { reply_to, req, id, op } => {
-                let found = self.resource_op(id, op, now);
-                self.control_out.push((reply_to, ControlMsg::ResourceDone { req, found }));
+            ControlMsg::Resource { reply_to, req, id, op, presented } => {
+                let outcome = self.resource_op(id, op, presented, now);
+                self.control_out.push((reply_to, ControlMsg::ResourceDone { req, outcome }));
             }
             ControlMsg::ViewerCoreJoined { room, name, core } => {
                 let mut changes = Vec::new();

@@ -19,7 +19,8 @@ use sfumato_media::webrtc::Role;
 use sfumato_net::http_io::HyperStream;
 
 use crate::core_shell::CoreShell;
-use crate::messages::{OfferError, ResourceId, ResourceOp};
+use crate::auth::{fingerprint, unix_now, AuthError, TokenKind, MAX_TTL_SECS};
+use crate::messages::{OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
 
 /// Largest accepted request body (SDP offers are a few KiB).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -71,17 +72,22 @@ async fn handle(shell: &CoreShell, req: Request<Incoming>) -> Resp {
         (&Method::OPTIONS, _) => options(),
         (&Method::GET, ["healthz"]) => healthz(shell).await,
         (&Method::GET, ["metrics"]) => metrics(shell).await,
+        (&Method::POST, ["token", kind]) => {
+            let kind = kind.to_string();
+            issue_token(shell, &kind, req).await
+        }
         (&Method::POST, [kind @ ("whip" | "whep"), room]) => {
             let role = if *kind == "whip" { Role::Publisher } else { Role::Viewer };
-            let room = room.to_string();
-            create(shell, role, kind, &room, req).await
+            // `/whip/endpoint`: the room comes from the token (WHIP's standard single endpoint).
+            let room = if *room == "endpoint" { None } else { Some(room.to_string()) };
+            create(shell, role, kind, room, req).await
         }
         (method @ (&Method::DELETE | &Method::PATCH), ["whip" | "whep", "conn", id]) => {
             let op = if method == Method::DELETE { ResourceOp::Delete } else { ResourceOp::Touch };
             let id = id.to_string();
             resource(shell, op, &id, req).await
         }
-        (_, ["whip" | "whep", ..]) | (_, ["healthz" | "metrics"]) => {
+        (_, ["whip" | "whep" | "token", ..]) | (_, ["healthz" | "metrics"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this path")
         }
         _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
@@ -146,7 +152,67 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
     }
 }
 
-async fn create(shell: &CoreShell, role: Role, kind: &str, room: &str, req: Request<Incoming>) -> Resp {
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+fn auth_error(e: &AuthError) -> Resp {
+    let status = if e.is_forbidden() { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+    error(status, e.code(), &e.to_string())
+}
+
+#[derive(serde::Deserialize)]
+struct TokenRequest {
+    room: String,
+    #[serde(default)]
+    peer: Option<String>,
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+/// `POST /token/{whip,whep,rtmp,webrtc}` with `Authorization: Bearer <cluster secret>`.
+async fn issue_token(shell: &CoreShell, kind: &str, req: Request<Incoming>) -> Resp {
+    let Some(kind) = TokenKind::parse(kind) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "token kinds are whip, whep, rtmp, webrtc");
+    };
+    if !bearer(&req).is_some_and(|s| shell.auth.is_secret(&s)) {
+        return error(StatusCode::UNAUTHORIZED, "APP_TOKEN_INVALID", "Authorization: Bearer <cluster secret> required");
+    }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(tr) = serde_json::from_slice::<TokenRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "BAD_JSON", "expected JSON {room, peer?, ttl?}");
+    };
+    if !valid_room(&tr.room) {
+        return error(StatusCode::BAD_REQUEST, "BAD_ROOM", "room names are 1-128 characters of A-Z a-z 0-9 - _ .");
+    }
+    let ttl = tr.ttl.unwrap_or(3600);
+    if ttl == 0 || ttl > MAX_TTL_SECS {
+        return error(StatusCode::BAD_REQUEST, "BAD_TTL", "ttl must be 1..=604800 seconds");
+    }
+    match shell.auth.issue(kind, &tr.room, tr.peer.as_deref(), ttl, unix_now()) {
+        Some(token) => json(StatusCode::OK, serde_json::json!({ "status": true, "data": { "token": token } })),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "SIGN_FAILED", "could not sign token"),
+    }
+}
+
+async fn create(shell: &CoreShell, role: Role, kind: &str, room: Option<String>, req: Request<Incoming>) -> Resp {
+    let token_kind = if role == Role::Publisher { TokenKind::Whip } else { TokenKind::Whep };
+    let token = bearer(&req);
+    // Tokens are checked before anything else is read; in dev mode they are optional on /{room} routes.
+    let room = match (room, shell.auth.is_insecure()) {
+        (Some(room), true) => room,
+        (room, _) => match shell.auth.verify(token.as_deref(), token_kind, room.as_deref(), unix_now()) {
+            Ok(claims) => claims.room,
+            Err(e) => return auth_error(&e),
+        },
+    };
+    let owner = if shell.auth.is_insecure() { None } else { token.as_deref().map(fingerprint) };
+    let room = room.as_str();
     if !valid_room(room) {
         return error(StatusCode::BAD_REQUEST, "BAD_ROOM", "room names are 1-128 characters of A-Z a-z 0-9 - _ .");
     }
@@ -167,7 +233,8 @@ async fn create(shell: &CoreShell, role: Role, kind: &str, room: &str, req: Requ
         Role::Publisher => RoomKey::of(room).home_core(shell.cores()),
         Role::Viewer => shell.least_loaded_core(),
     };
-    match shell.offer(core, role, room.to_string(), sdp.to_string()).await {
+    let offer = OfferRequest { role, room: room.to_string(), sdp: sdp.to_string(), owner };
+    match shell.offer(core, offer).await {
         Ok(created) => {
             let location = format!("/{kind}/conn/{}", created.resource.to_path_segment());
             let mut r = Response::new(Full::new(Bytes::from(created.answer)));
@@ -195,6 +262,7 @@ async fn resource(shell: &CoreShell, op: ResourceOp, id: &str, req: Request<Inco
     let Some(id) = ResourceId::parse(id) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
     };
+    let presented = bearer(&req).as_deref().map(fingerprint);
     if op == ResourceOp::Touch {
         if !content_type_is(&req, "application/trickle-ice-sdpfrag") {
             return error(
@@ -207,12 +275,16 @@ async fn resource(shell: &CoreShell, op: ResourceOp, id: &str, req: Request<Inco
             return r;
         }
     }
-    if !shell.resource(id, op).await {
-        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
+    match shell.resource(id, op, presented).await {
+        ResourceOutcome::NotFound => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource"),
+        ResourceOutcome::Forbidden if presented.is_none() => auth_error(&AuthError::Missing),
+        ResourceOutcome::Forbidden => error(StatusCode::FORBIDDEN, "TOKEN_NOT_OWNER", "only the token that created this session may change it"),
+        ResourceOutcome::Done => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = if op == ResourceOp::Delete { StatusCode::OK } else { StatusCode::NO_CONTENT };
+            r
+        }
     }
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = if op == ResourceOp::Delete { StatusCode::OK } else { StatusCode::NO_CONTENT };
-    r
 }
 
 async fn healthz(shell: &CoreShell) -> Resp {

@@ -1,5 +1,6 @@
 //! `sfumato`: one binary, many roles. `standalone` runs everything on one node.
 
+mod auth;
 mod config;
 mod core_shell;
 mod core_state;

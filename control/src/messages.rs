@@ -59,11 +59,30 @@ pub enum ResourceOp {
     Touch,
 }
 
+/// Outcome of a DELETE/PATCH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceOutcome {
+    Done,
+    NotFound,
+    /// The resource was created with a token and the request didn't present the same one.
+    Forbidden,
+}
+
+/// A new session's request, as it travels to the owning core.
+#[derive(Debug, Clone)]
+pub struct OfferRequest {
+    pub role: Role,
+    pub room: String,
+    pub sdp: String,
+    /// Fingerprint of the token that created it (secure mode): DELETE/PATCH must present the same token.
+    pub owner: Option<u64>,
+}
+
 pub enum ControlMsg {
-    Offer { reply_to: usize, req: u64, role: Role, room: String, sdp: String },
+    Offer { reply_to: usize, req: u64, offer: OfferRequest },
     OfferDone { req: u64, result: Result<Created, OfferError> },
-    Resource { reply_to: usize, req: u64, id: ResourceId, op: ResourceOp },
-    ResourceDone { req: u64, found: bool },
+    Resource { reply_to: usize, req: u64, id: ResourceId, op: ResourceOp, presented: Option<u64> },
+    ResourceDone { req: u64, outcome: ResourceOutcome },
     /// To a room's home core: `core` has viewers of the room now.
     ViewerCoreJoined { room: RoomKey, name: String, core: usize },
     /// To a room's home core: `core` has no viewers of the room anymore.

@@ -40,6 +40,13 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
     let shutdown = Shutdown::new();
     shutdown.install_signal_handlers().map_err(NodeError::Signals)?;
 
+    let auth = crate::auth::Authority::new(&args.secret);
+    if auth.is_insecure() {
+        tracing::warn!(
+            "DEV MODE: running with the default secret `insecure` — anyone can publish and watch any room. \
+             Set --secret / SFUMATO_SECRET before exposing this node."
+        );
+    }
     let cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
     let control_mesh = Arc::new(Mutex::new(Mesh::<ControlMsg>::new(cores, CONTROL_RING)));
     let media_mesh = Arc::new(Mutex::new(Mesh::<MediaMsg>::new(cores, MEDIA_RING)));
@@ -58,8 +65,8 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         // Taking the ring ends happens once per core at startup; the mutex never touches the data path.
         let control = control_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
         let media = media_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
-        let (args, ips, cert, loads, failed) =
-            (args.clone(), ips.clone(), cert.clone(), loads.clone(), failed_flag.clone());
+        let (args, ips, cert, loads, failed, auth) =
+            (args.clone(), ips.clone(), cert.clone(), loads.clone(), failed_flag.clone(), auth.clone());
         async move {
             let (Some(control), Some(media)) = (control, media) else {
                 failed.store(true, Ordering::SeqCst);
@@ -97,7 +104,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
             let state = CoreState::new(ctx.core, ctx.cores, candidates, cert);
             let control_rx = control.take_receivers();
             let media_rx = media.take_receivers();
-            let shell = CoreShell::new(state, control, media, sockets, loads);
+            let shell = CoreShell::new(state, control, media, sockets, loads, auth);
             shell.start(control_rx, media_rx);
             let http = glommio::spawn_local(crate::http_api::serve(shell.clone(), listener)).detach();
             tracing::debug!(core = ctx.core, "core ready");
