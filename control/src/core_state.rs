@@ -17,7 +17,11 @@ use sfumato_media::webrtc::{Role, SessionError, SessionEvent, WebRtcSession, Wri
 use str0m::config::DtlsCert;
 
 use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
+use crate::events::{now_ms, EventBus, EventRecord};
 use crate::stats::CoreStats;
+
+/// How often `session.stats` events are emitted.
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct SessionEntry {
     session: WebRtcSession,
@@ -25,7 +29,15 @@ struct SessionEntry {
     room_name: String,
     nonce: u64,
     owner: Option<u64>,
+    peer: Option<String>,
     remote_addrs: Vec<SocketAddr>,
+    /// Publisher: which kinds have sent RTP (for track.started/stopped).
+    tracks_started: [bool; 2],
+    /// Packets and bytes through this session (received for publishers, forwarded for viewers).
+    packets: u64,
+    bytes: u64,
+    /// Counters at the last session.stats event.
+    reported: (u64, u64, Instant),
 }
 
 /// A datagram waiting to be sent from the socket bound to `from`.
@@ -49,13 +61,21 @@ pub struct CoreState {
     nonce_state: u64,
     scratch: Vec<Vec<SessionEvent>>,
     pub stats: CoreStats,
+    events: EventBus,
+    last_stats_report: Instant,
     pub outbox: Vec<Datagram>,
     pub control_out: Vec<(usize, ControlMsg)>,
     pub media_out: Vec<(usize, MediaMsg)>,
 }
 
 impl CoreState {
-    pub fn new(core: usize, cores: usize, candidates: Vec<SocketAddr>, cert: Option<DtlsCert>) -> Self {
+    pub fn new(
+        core: usize,
+        cores: usize,
+        candidates: Vec<SocketAddr>,
+        cert: Option<DtlsCert>,
+        events: EventBus,
+    ) -> Self {
         let seed = ((std::process::id() as u64) << 32) ^ core as u64;
         Self {
             core,
@@ -71,6 +91,8 @@ impl CoreState {
             nonce_state: seed ^ random_seed(),
             scratch: Vec::new(),
             stats: CoreStats::default(),
+            events,
+            last_stats_report: Instant::now(),
             outbox: Vec::new(),
             control_out: Vec::new(),
             media_out: Vec::new(),
@@ -133,12 +155,25 @@ impl CoreState {
                 self.stats.viewers += 1;
             }
         }
-        log_room_changes(&changes, self.core);
+        self.room_changes(&changes);
         self.by_ufrag.insert(session.local_ufrag().to_string(), id);
         self.sessions.insert(
             id,
-            SessionEntry { session, room: key, room_name: room.to_string(), nonce, owner: offer.owner, remote_addrs: Vec::new() },
+            SessionEntry {
+                session,
+                room: key,
+                room_name: room.to_string(),
+                nonce,
+                owner: offer.owner,
+                peer: offer.peer.clone(),
+                remote_addrs: Vec::new(),
+                tracks_started: [false; 2],
+                packets: 0,
+                bytes: 0,
+                reported: (0, 0, now),
+            },
         );
+        self.emit_session(id, "peer.joined", serde_json::json!({ "role": role_name(role) }));
         self.stats.sessions_created += 1;
         tracing::info!(core = self.core, session = id.0, ?role, room, "session created");
         self.drain_session(id, now);
@@ -214,6 +249,7 @@ impl CoreState {
             };
             self.remove_session(id, reason, now);
         }
+        self.report_stats(now);
         self.sessions.values().map(|e| e.session.next_timeout()).min()
     }
 
@@ -232,12 +268,12 @@ impl CoreState {
             ControlMsg::ViewerCoreJoined { room, name, core } => {
                 let mut changes = Vec::new();
                 self.router.add_viewer_core(room, &name, core, &mut changes);
-                log_room_changes(&changes, self.core);
+                self.room_changes(&changes);
             }
             ControlMsg::ViewerCoreLeft { room, core } => {
                 let mut changes = Vec::new();
                 self.router.remove_viewer_core(room, core, &mut changes);
-                log_room_changes(&changes, self.core);
+                self.room_changes(&changes);
             }
             ControlMsg::KeyframeRequest { room } => {
                 if let Some((publisher, _)) = self.router.publisher(room) {
@@ -295,6 +331,17 @@ impl CoreState {
                 SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data }),
                 SessionEvent::Rtp(packet) => {
                     self.stats.rtp_packets_in += 1;
+                    if let Some(e) = self.sessions.get_mut(&id) {
+                        e.packets += 1;
+                        e.bytes += packet.payload.len() as u64;
+                        let k = (packet.kind() == sfumato_media::packet::TrackKind::Video) as usize;
+                        if !e.tracks_started[k] {
+                            e.tracks_started[k] = true;
+                            let kind = ["audio", "video"][k];
+                            let data = serde_json::json!({ "kind": kind, "codec": format!("{:?}", packet.codec) });
+                            self.emit_session(id, "track.started", data);
+                        }
+                    }
                     self.fan_out(room, packet, now);
                 }
                 SessionEvent::KeyframeRequested => {
@@ -337,7 +384,11 @@ impl CoreState {
         for id in self.viewers.viewers(room) {
             let Some(entry) = self.sessions.get_mut(id) else { continue };
             match entry.session.write_forwarded(packet, now) {
-                Ok(()) => self.stats.rtp_packets_forwarded += 1,
+                Ok(()) => {
+                    self.stats.rtp_packets_forwarded += 1;
+                    entry.packets += 1;
+                    entry.bytes += packet.payload.len() as u64;
+                }
                 Err(skip) => {
                     self.stats.rtp_packets_skipped += 1;
                     if skip == WriteSkip::Rewrite(Skip::AwaitingKeyframe) && entry.session.should_ask_keyframe(now) {
@@ -361,7 +412,76 @@ impl CoreState {
         }
     }
 
+    fn room_changes(&mut self, changes: &[RoomChange]) {
+        for c in changes {
+            let (kind, name) = match c {
+                RoomChange::Created(_, name) => ("room.created", name),
+                RoomChange::Destroyed(_, name) => ("room.destroyed", name),
+            };
+            tracing::info!(core = self.core, room = %name, "{kind}");
+            self.events.emit(EventRecord {
+                kind,
+                node: self.events.node.to_string(),
+                room: name.clone(),
+                peer: None,
+                session: None,
+                ts_ms: now_ms(),
+                data: serde_json::Value::Null,
+            });
+        }
+    }
+
+    fn emit_session(&self, id: SessionId, kind: &'static str, data: serde_json::Value) {
+        if !self.events.is_enabled() {
+            return;
+        }
+        let Some(e) = self.sessions.get(&id) else { return };
+        self.events.emit(EventRecord {
+            kind,
+            node: self.events.node.to_string(),
+            room: e.room_name.clone(),
+            peer: e.peer.clone(),
+            session: Some(format!("{:016x}", id.0)),
+            ts_ms: now_ms(),
+            data,
+        });
+    }
+
+    /// Emits `session.stats` for every session, every [`STATS_INTERVAL`].
+    fn report_stats(&mut self, now: Instant) {
+        if !self.events.is_enabled() || now.saturating_duration_since(self.last_stats_report) < STATS_INTERVAL {
+            return;
+        }
+        self.last_stats_report = now;
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let Some(e) = self.sessions.get_mut(&id) else { continue };
+            let (p0, b0, t0) = e.reported;
+            let secs = now.saturating_duration_since(t0).as_secs_f64().max(0.001);
+            let data = serde_json::json!({
+                "role": role_name(e.session.role()),
+                "connected": e.session.is_connected(),
+                "packets": e.packets,
+                "bytes": e.bytes,
+                "packets_per_s": ((e.packets - p0) as f64 / secs).round(),
+                "bitrate_bps": (((e.bytes - b0) * 8) as f64 / secs).round(),
+            });
+            e.reported = (e.packets, e.bytes, now);
+            self.emit_session(id, "session.stats", data);
+        }
+    }
+
     fn remove_session(&mut self, id: SessionId, reason: &str, now: Instant) {
+        if let Some(e) = self.sessions.get(&id) {
+            let role = e.session.role();
+            let started = e.tracks_started;
+            for (i, kind) in ["audio", "video"].iter().enumerate() {
+                if started[i] {
+                    self.emit_session(id, "track.stopped", serde_json::json!({ "kind": kind }));
+                }
+            }
+            self.emit_session(id, "peer.left", serde_json::json!({ "role": role_name(role), "reason": reason }));
+        }
         let Some(entry) = self.sessions.remove(&id) else { return };
         self.by_ufrag.remove(entry.session.local_ufrag());
         for addr in &entry.remote_addrs {
@@ -383,18 +503,16 @@ impl CoreState {
                 self.stats.viewers = self.stats.viewers.saturating_sub(1);
             }
         }
-        log_room_changes(&changes, self.core);
+        self.room_changes(&changes);
         self.stats.sessions_closed += 1;
         tracing::info!(core = self.core, session = id.0, role = ?entry.session.role(), room = %entry.room_name, reason, "session closed");
     }
 }
 
-fn log_room_changes(changes: &[RoomChange], core: usize) {
-    for c in changes {
-        match c {
-            RoomChange::Created(k) => tracing::info!(core, room = k.0, "room created"),
-            RoomChange::Destroyed(k) => tracing::info!(core, room = k.0, "room destroyed"),
-        }
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Publisher => "publisher",
+        Role::Viewer => "viewer",
     }
 }
 

@@ -204,10 +204,10 @@ async fn create(shell: &CoreShell, role: Role, kind: &str, room: Option<String>,
     let token_kind = if role == Role::Publisher { TokenKind::Whip } else { TokenKind::Whep };
     let token = bearer(&req);
     // Tokens are checked before anything else is read; in dev mode they are optional on /{room} routes.
-    let room = match (room, shell.auth.is_insecure()) {
-        (Some(room), true) => room,
+    let (room, peer) = match (room, shell.auth.is_insecure()) {
+        (Some(room), true) => (room, None),
         (room, _) => match shell.auth.verify(token.as_deref(), token_kind, room.as_deref(), unix_now()) {
-            Ok(claims) => claims.room,
+            Ok(claims) => (claims.room, claims.peer),
             Err(e) => return auth_error(&e),
         },
     };
@@ -233,7 +233,7 @@ async fn create(shell: &CoreShell, role: Role, kind: &str, room: Option<String>,
         Role::Publisher => RoomKey::of(room).home_core(shell.cores()),
         Role::Viewer => shell.least_loaded_core(),
     };
-    let offer = OfferRequest { role, room: room.to_string(), sdp: sdp.to_string(), owner };
+    let offer = OfferRequest { role, room: room.to_string(), sdp: sdp.to_string(), owner, peer };
     match shell.offer(core, offer).await {
         Ok(created) => {
             let location = format!("/{kind}/conn/{}", created.resource.to_path_segment());

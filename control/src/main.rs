@@ -4,6 +4,7 @@ mod auth;
 mod config;
 mod core_shell;
 mod core_state;
+mod events;
 mod http_api;
 mod messages;
 mod node;

@@ -76,6 +76,8 @@ pub struct OfferRequest {
     pub sdp: String,
     /// Fingerprint of the token that created it (secure mode): DELETE/PATCH must present the same token.
     pub owner: Option<u64>,
+    /// Peer name from the token, for events.
+    pub peer: Option<String>,
 }
 
 pub enum ControlMsg {

@@ -47,6 +47,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
              Set --secret / SFUMATO_SECRET before exposing this node."
         );
     }
+    let events = crate::events::EventBus::disabled("standalone");
     let cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
     let control_mesh = Arc::new(Mutex::new(Mesh::<ControlMsg>::new(cores, CONTROL_RING)));
     let media_mesh = Arc::new(Mutex::new(Mesh::<MediaMsg>::new(cores, MEDIA_RING)));
@@ -65,8 +66,15 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         // Taking the ring ends happens once per core at startup; the mutex never touches the data path.
         let control = control_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
         let media = media_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
-        let (args, ips, cert, loads, failed, auth) =
-            (args.clone(), ips.clone(), cert.clone(), loads.clone(), failed_flag.clone(), auth.clone());
+        let (args, ips, cert, loads, failed, auth, events) = (
+            args.clone(),
+            ips.clone(),
+            cert.clone(),
+            loads.clone(),
+            failed_flag.clone(),
+            auth.clone(),
+            events.clone(),
+        );
         async move {
             let (Some(control), Some(media)) = (control, media) else {
                 failed.store(true, Ordering::SeqCst);
@@ -101,7 +109,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
                 return;
             }
             let candidates: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
-            let state = CoreState::new(ctx.core, ctx.cores, candidates, cert);
+            let state = CoreState::new(ctx.core, ctx.cores, candidates, cert, events.clone());
             let control_rx = control.take_receivers();
             let media_rx = media.take_receivers();
             let shell = CoreShell::new(state, control, media, sockets, loads, auth);

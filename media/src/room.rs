@@ -56,8 +56,8 @@ struct RoomEntry {
 /// What changed in the room directory, for events and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomChange {
-    Created(RoomKey),
-    Destroyed(RoomKey),
+    Created(RoomKey, String),
+    Destroyed(RoomKey, String),
 }
 
 /// The room directory of one home core.
@@ -75,7 +75,7 @@ impl RoomRouter {
 
     fn entry(&mut self, key: RoomKey, name: &str, changes: &mut Vec<RoomChange>) -> &mut RoomEntry {
         self.rooms.entry(key).or_insert_with(|| {
-            changes.push(RoomChange::Created(key));
+            changes.push(RoomChange::Created(key, name.to_string()));
             RoomEntry { name: name.to_string(), publisher: None, viewer_cores: Vec::new() }
         })
     }
@@ -129,8 +129,9 @@ impl RoomRouter {
     fn destroy_if_idle(&mut self, key: RoomKey, changes: &mut Vec<RoomChange>) {
         if let Some(room) = self.rooms.get(&key) {
             if room.publisher.is_none() && room.viewer_cores.is_empty() {
-                self.rooms.remove(&key);
-                changes.push(RoomChange::Destroyed(key));
+                if let Some(room) = self.rooms.remove(&key) {
+                    changes.push(RoomChange::Destroyed(key, room.name));
+                }
             }
         }
     }
@@ -222,7 +223,7 @@ mod tests {
         let mut ch = Vec::new();
         let p = SessionId::new(0, 1);
         let src = r.publish(k, "r", p, &mut ch).unwrap();
-        assert_eq!(ch, vec![RoomChange::Created(k)]);
+        assert_eq!(ch, vec![RoomChange::Created(k, "r".into())]);
         assert_eq!(r.publish(k, "r", SessionId::new(0, 2), &mut ch), Err(RoomError::AlreadyPublished));
         r.add_viewer_core(k, "r", 1, &mut ch);
         r.add_viewer_core(k, "r", 1, &mut ch);
@@ -238,7 +239,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         r.remove_viewer_core(k, 0, &mut ch);
         assert!(r.is_empty());
-        assert_eq!(ch.last(), Some(&RoomChange::Destroyed(k)));
+        assert_eq!(ch.last(), Some(&RoomChange::Destroyed(k, "r".into())));
     }
 
     #[test]
