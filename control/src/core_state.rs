@@ -109,7 +109,7 @@ impl CoreState {
     }
 
     /// Sends `msg` to `core`, or handles it right here if it is this core.
-    fn to_core(&mut self, core: usize, msg: ControlMsg, now: Instant) {
+    fn send_control(&mut self, core: usize, msg: ControlMsg, now: Instant) {
         if core == self.core {
             self.on_control(msg, now);
         } else {
@@ -150,7 +150,7 @@ impl CoreState {
             Role::Viewer => {
                 if self.viewers.add(key, id) {
                     let msg = ControlMsg::ViewerCoreJoined { room: key, name: room.to_string(), core: self.core };
-                    self.to_core(home, msg, now);
+                    self.send_control(home, msg, now);
                 }
                 self.stats.viewers += 1;
             }
@@ -346,14 +346,14 @@ impl CoreState {
                 }
                 SessionEvent::KeyframeRequested => {
                     let home = room.home_core(self.cores);
-                    self.to_core(home, ControlMsg::KeyframeRequest { room }, now);
+                    self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
                 }
                 SessionEvent::Connected => {
                     tracing::info!(core = self.core, session = id.0, ?role, "session connected");
                     if role == Role::Viewer {
                         // Start the new viewer on a fresh keyframe instead of waiting for the next one.
                         let home = room.home_core(self.cores);
-                        self.to_core(home, ControlMsg::KeyframeRequest { room }, now);
+                        self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
                     }
                 }
             }
@@ -408,7 +408,7 @@ impl CoreState {
         self.scratch.push(events);
         if keyframe_wanted {
             let home = room.home_core(self.cores);
-            self.to_core(home, ControlMsg::KeyframeRequest { room }, now);
+            self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
         }
     }
 
@@ -498,7 +498,7 @@ impl CoreState {
             Role::Viewer => {
                 if self.viewers.remove(entry.room, id) {
                     let home = entry.room.home_core(self.cores);
-                    self.to_core(home, ControlMsg::ViewerCoreLeft { room: entry.room, core: self.core }, now);
+                    self.send_control(home, ControlMsg::ViewerCoreLeft { room: entry.room, core: self.core }, now);
                 }
                 self.stats.viewers = self.stats.viewers.saturating_sub(1);
             }

@@ -33,7 +33,7 @@ pub fn is_valid_stun(buf: &[u8]) -> bool {
         return false;
     }
     let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-    len % 4 == 0 && HEADER_LEN + len == buf.len()
+    len.is_multiple_of(4) && HEADER_LEN + len == buf.len()
 }
 
 /// The local (first) ufrag of a STUN request's USERNAME attribute, if any.
