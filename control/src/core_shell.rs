@@ -229,9 +229,16 @@ impl CoreShell {
             }
         }
         let unknown = outbox.iter().filter(|d| !self.sockets.iter().any(|(l, _)| *l == d.from)).count() as u64;
+        let done = Instant::now();
         let mut st = self.state.borrow_mut();
         st.stats.udp_datagrams_out += sent;
         st.stats.udp_send_errors += failed + unknown;
+        let hist = st.stats.forward_latency_us.get_or_insert_with(crate::stats::new_latency_histogram);
+        for d in outbox {
+            if let Some(origin) = d.origin {
+                hist.saturating_record(done.saturating_duration_since(origin).as_micros().max(1) as u64);
+            }
+        }
     }
 
     // ---- used by HTTP handlers --------------------------------------------------------------------------

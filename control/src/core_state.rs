@@ -45,6 +45,8 @@ pub struct Datagram {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub data: Vec<u8>,
+    /// For datagrams produced by forwarding: when the publisher's packet arrived (latency accounting).
+    pub origin: Option<Instant>,
 }
 
 pub struct CoreState {
@@ -328,7 +330,7 @@ impl CoreState {
         };
         for ev in events.drain(..) {
             match ev {
-                SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data }),
+                SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data, origin: None }),
                 SessionEvent::Rtp(packet) => {
                     self.stats.rtp_packets_in += 1;
                     if let Some(e) = self.sessions.get_mut(&id) {
@@ -399,7 +401,9 @@ impl CoreState {
             entry.session.poll(now, &mut events);
             for ev in events.drain(..) {
                 match ev {
-                    SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data }),
+                    SessionEvent::Transmit { from, to, data } => {
+                        self.outbox.push(Datagram { from, to, data, origin: Some(packet.received_at) })
+                    }
                     SessionEvent::KeyframeRequested => keyframe_wanted = true,
                     SessionEvent::Rtp(_) | SessionEvent::Connected => {}
                 }

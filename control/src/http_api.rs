@@ -299,6 +299,7 @@ async fn healthz(shell: &CoreShell) -> Resp {
             "viewers": total.viewers,
             "rooms": total.rooms,
             "stats": total,
+            "forward_latency_us": total.forward_latency_us.as_ref().map(crate::stats::LatencySummary::of),
             "per_core": per_core,
         }),
     )

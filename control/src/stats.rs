@@ -1,6 +1,7 @@
 //! Counters each core keeps for itself (plain integers: only its own thread touches them) and the
 //! node-wide sum the HTTP API reports.
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -24,6 +25,39 @@ pub struct CoreStats {
     pub rtp_packets_skipped: u64,
     pub ring_full_drops: u64,
     pub keyframe_requests: u64,
+    /// Server-added latency of forwarded packets: from the publisher datagram's arrival (after recv) to the
+    /// viewer datagram's `sendmmsg` returning, in microseconds.
+    #[serde(skip)]
+    pub forward_latency_us: Option<Histogram<u64>>,
+}
+
+/// Percentiles of a latency histogram, for JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// A histogram for 1 µs .. 60 s with 3 significant digits.
+pub fn new_latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
 impl CoreStats {
@@ -44,5 +78,9 @@ impl CoreStats {
         self.rtp_packets_skipped += o.rtp_packets_skipped;
         self.ring_full_drops += o.ring_full_drops;
         self.keyframe_requests += o.keyframe_requests;
+        if let Some(h) = &o.forward_latency_us {
+            let mine = self.forward_latency_us.get_or_insert_with(new_latency_histogram);
+            let _ = mine.add(h);
+        }
     }
 }

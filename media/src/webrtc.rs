@@ -272,7 +272,11 @@ impl WebRtcSession {
     }
 
     /// Drains str0m's output into `out` until it asks for a timeout. Must follow every input or write.
+    ///
+    /// A timeout that is already due is handled right here: str0m's pacer only releases packets written with
+    /// `write_rtp` after a timeout, so without this a forwarded packet would wait for the next timer tick.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<SessionEvent>) {
+        let mut due_rounds = 0;
         loop {
             if !self.rtc.is_alive() {
                 return;
@@ -280,6 +284,11 @@ impl WebRtcSession {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     self.next_timeout = t;
+                    if t <= now && due_rounds < 4 {
+                        due_rounds += 1;
+                        self.handle_timeout(now);
+                        continue;
+                    }
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
