@@ -41,6 +41,10 @@ pub struct NodeArgs {
     /// Default: 127.0.0.1 plus every address of this machine's interfaces.
     #[arg(long, value_delimiter = ',', env = "SFUMATO_WEBRTC_IPS")]
     pub webrtc_ips: Vec<IpAddr>,
+    /// Extra addresses to advertise as ICE host candidates (comma-separated), e.g. the public IP of a 1:1 NAT
+    /// (cloud VM, Kubernetes node). Traffic to them must reach this machine on the same ports.
+    #[arg(long, value_delimiter = ',', env = "SFUMATO_PUBLIC_IP")]
+    pub public_ip: Vec<IpAddr>,
     /// Number of cores (executors). Default: every CPU this process may use.
     #[arg(long, env = "SFUMATO_CORES")]
     pub cores: Option<usize>,

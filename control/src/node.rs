@@ -58,6 +58,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         http = %SocketAddr::new(args.http_addr, args.http_port),
         webrtc_ports = %format!("{}-{}", args.webrtc_port, args.webrtc_port as usize + cores - 1),
         ips = ?ips,
+        public_ips = ?args.public_ip,
         "sfumato standalone starting"
     );
 
@@ -108,7 +109,15 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
                 ctx.shutdown.trigger();
                 return;
             }
-            let candidates: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
+            // Bound addresses, plus public ones (1:1 NAT): datagrams sent to a public address arrive on a bound
+            // socket after the NAT rewrites them, so only the answer needs to carry it.
+            let mut candidates: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
+            for ip in &args.public_ip {
+                let addr = SocketAddr::new(*ip, port);
+                if !candidates.contains(&addr) {
+                    candidates.push(addr);
+                }
+            }
             let state = CoreState::new(ctx.core, ctx.cores, candidates, cert, events.clone());
             let control_rx = control.take_receivers();
             let media_rx = media.take_receivers();
