@@ -140,6 +140,10 @@ def server(request):
         "--webrtc-port", str(webrtc_port),
         "--cores", str(CORES),
     ]
+    # @pytest.mark.server_args("--flag", "value", ...) adds arguments for one test.
+    marker = request.node.get_closest_marker("server_args")
+    if marker is not None:
+        cmd += [str(a) for a in marker.args]
     with os.fdopen(fd, "wb") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
         log.flush()
