@@ -79,6 +79,11 @@ impl CoreShell {
         self.control.core()
     }
 
+    /// The local addresses of this core's media sockets.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|(a, _)| *a).collect()
+    }
+
     pub fn cores(&self) -> usize {
         self.control.cores()
     }

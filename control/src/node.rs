@@ -82,8 +82,10 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
                 ctx.shutdown.trigger();
                 return;
             };
+            tracing::debug!(core = ctx.core, "connecting inter-core rings");
             let mut control = control.connect().await;
             let mut media = media.connect().await;
+            tracing::debug!(core = ctx.core, "inter-core rings connected");
             let port = args.webrtc_port + ctx.core as u16;
             let mut sockets = Vec::new();
             for ip in &ips {
@@ -124,7 +126,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
             let shell = CoreShell::new(state, control, media, sockets, loads, auth);
             shell.start(control_rx, media_rx);
             let http = glommio::spawn_local(crate::http_api::serve(shell.clone(), listener)).detach();
-            tracing::debug!(core = ctx.core, "core ready");
+            tracing::info!(core = ctx.core, webrtc = ?shell.local_addrs(), "core ready");
             ctx.shutdown.wait().await;
             http.cancel();
             tracing::info!(core = ctx.core, sessions = shell.state.borrow().session_count(), "core stopping");

@@ -65,6 +65,17 @@ impl<M: Send + 'static> MeshEndpoints<M> {
     /// Connects the ends inside the owning executor. Every core must connect for the others to proceed; all
     /// ends connect concurrently, since each one waits for its peer on the other core.
     pub async fn connect(self) -> CoreLinks<M> {
+        // glommio parks an executor whose only pending work is a channel connection, and the peer's connect
+        // doesn't always wake it; a 1 ms timer keeps this executor polling until every end is connected.
+        let keep_awake = async {
+            loop {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        futures_lite::future::or(self.connect_all(), keep_awake).await
+    }
+
+    async fn connect_all(self) -> CoreLinks<M> {
         let sender_tasks: Vec<_> = self
             .senders
             .into_iter()
