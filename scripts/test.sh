@@ -46,7 +46,10 @@ apt_install() {
 section "tools"
 missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# headless Chromium for tests/e2e/test_browser.py (driven by pip playwright; never `playwright install`)
+[ -x "${SFUMATO_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -61,9 +64,9 @@ echo "ffmpeg:  $(ffmpeg -hide_banner -version 2>/dev/null | head -n1)"
 section "python venv (.venv)"
 VENV="$REPO_ROOT/.venv"
 PY="$VENV/bin/python"
-PY_PKGS=(aiortc httpx pytest pytest-timeout)
+PY_PKGS=(aiortc httpx pytest pytest-timeout playwright openapi-spec-validator)
 venv_ok() {
-  [ -x "$PY" ] && "$PY" -c 'import aiortc, av, httpx, pytest, pytest_timeout' >/dev/null 2>&1
+  [ -x "$PY" ] && "$PY" -c 'import aiortc, av, httpx, pytest, pytest_timeout, playwright, openapi_spec_validator' >/dev/null 2>&1
 }
 if venv_ok; then
   echo "reusing $VENV ($("$PY" -c 'import aiortc; print("aiortc", aiortc.__version__)'))"
@@ -79,8 +82,8 @@ else
     fi
   fi
   "$PY" -m pip install -q "${PY_PKGS[@]}"
-  venv_ok || die "python packages installed but 'import aiortc, av, httpx, pytest, pytest_timeout' fails"
-  echo "installed: $("$PY" -m pip list 2>/dev/null | grep -Ei '^(aiortc|aioice|av|httpx|pytest|pytest-timeout) ' | tr -s ' ' | paste -sd, -)"
+  venv_ok || die "python packages installed but 'import aiortc, av, httpx, pytest, pytest_timeout, playwright, openapi_spec_validator' fails"
+  echo "installed: $("$PY" -m pip list 2>/dev/null | grep -Ei '^(aiortc|aioice|av|httpx|pytest|pytest-timeout|playwright|openapi-spec-validator) ' | tr -s ' ' | paste -sd, -)"
 fi
 
 # ----------------------------------------------------------------- build ----

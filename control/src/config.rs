@@ -58,6 +58,20 @@ pub struct NodeArgs {
     /// Bytes of io_uring buffer memory per core (locked memory: about 3 × this × cores must fit `ulimit -l`).
     #[arg(long, default_value_t = 1 << 20, env = "SFUMATO_IO_MEMORY")]
     pub io_memory: usize,
+    /// Node id carried by every event (default: this machine's host name).
+    #[arg(long, env = "SFUMATO_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Publish session/room events as JSON to NATS subjects `sfumato.events.<kind>`:
+    /// nats://[user:pass@]host[:port] (several comma-separated are tried in turn; no TLS).
+    #[arg(long, env = "SFUMATO_NATS_URL", value_parser = crate::events::connector::validate_nats_url, hide_env_values = true)]
+    pub nats_url: Option<String>,
+    /// Also POST every event's JSON to this http:// URL (retried with backoff; no TLS).
+    #[arg(long, env = "SFUMATO_HOOK_URL", value_parser = crate::events::connector::validate_hook_url, hide_env_values = true)]
+    pub hook_url: Option<String>,
+    /// Events each sink (NATS, hook) holds while its destination is unreachable; beyond this the oldest
+    /// are dropped and counted.
+    #[arg(long, default_value_t = crate::events::connector::DEFAULT_BUFFER, env = "SFUMATO_EVENTS_BUFFER")]
+    pub events_buffer: usize,
 }
 
 pub fn init_logging(format: &LogFormat) {

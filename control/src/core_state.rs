@@ -304,6 +304,8 @@ impl CoreState {
 
     pub fn snapshot(&self) -> CoreStats {
         let mut s = self.stats.clone();
+        // The counter is shared by every core's bus clone: report it once so sums stay right.
+        s.events_queue_dropped = if self.core == 0 { self.events.dropped() } else { 0 };
         s.sessions = self.sessions.len() as u64;
         s.rooms = self.router.len() as u64;
         s

@@ -1,4 +1,5 @@
-//! The HTTP API every core serves (hyper 1, HTTP/1.1): WHIP, WHEP, resource DELETE/PATCH, health, metrics.
+//! The HTTP API every core serves (hyper 1, HTTP/1.1): WHIP, WHEP, resource DELETE/PATCH, health, metrics,
+//! the demo page (`GET /`) and the OpenAPI description (`GET /openapi.json`, docs/openapi.json).
 //!
 //! A request is parsed and checked on the core that accepted the TCP connection, then the session is
 //! created on the core that will own it (room's home core for publishers, least-loaded core for viewers)
@@ -24,6 +25,10 @@ use crate::messages::{OfferError, OfferRequest, ResourceId, ResourceOp, Resource
 
 /// Largest accepted request body (SDP offers are a few KiB).
 pub const MAX_BODY: usize = 64 * 1024;
+/// The demo page served at `GET /` (WHIP publish + WHEP watch in a browser; inline JS/CSS, no dependencies).
+const DEMO_PAGE: &str = include_str!("../assets/index.html");
+/// The OpenAPI 3.0 description served at `GET /openapi.json` (tests/e2e/test_openapi.py keeps it in sync).
+const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 /// Connections with no byte moving for this long are closed (slowloris).
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -72,6 +77,8 @@ async fn handle(shell: &CoreShell, req: Request<Incoming>) -> Resp {
         (&Method::OPTIONS, _) => options(),
         (&Method::GET, ["healthz"]) => healthz(shell).await,
         (&Method::GET, ["metrics"]) => metrics(shell).await,
+        (&Method::GET, [""]) => asset("text/html; charset=utf-8", DEMO_PAGE),
+        (&Method::GET, ["openapi.json"]) => asset("application/json", OPENAPI_JSON),
         (&Method::POST, ["token", kind]) => {
             let kind = kind.to_string();
             issue_token(shell, &kind, req).await
@@ -87,7 +94,7 @@ async fn handle(shell: &CoreShell, req: Request<Incoming>) -> Resp {
             let id = id.to_string();
             resource(shell, op, &id, req).await
         }
-        (_, ["whip" | "whep" | "token", ..]) | (_, ["healthz" | "metrics"]) => {
+        (_, ["whip" | "whep" | "token", ..]) | (_, ["healthz" | "metrics" | "openapi.json" | ""]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this path")
         }
         _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
@@ -108,6 +115,13 @@ fn options() -> Resp {
     let h = r.headers_mut();
     h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"));
     h.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type, Authorization, If-Match"));
+    r
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 
@@ -301,6 +315,8 @@ async fn healthz(shell: &CoreShell) -> Resp {
             "stats": total,
             "forward_latency_us": total.forward_latency_us.as_ref().map(crate::stats::LatencySummary::of),
             "per_core": per_core,
+            // Events connector counters (null without --nats-url/--hook-url).
+            "events": crate::events::connector::active_stats().map(|s| s.snapshot()),
         }),
     )
 }

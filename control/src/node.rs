@@ -24,6 +24,8 @@ pub enum NodeError {
     PortRange { base: u16, cores: usize },
     #[error("a core failed to start; see the log above")]
     CoreFailed,
+    #[error("events connector: {0}")]
+    Events(std::io::Error),
 }
 
 /// Ring sizes: control messages are rare; media rings absorb a keyframe burst for one room per core.
@@ -47,7 +49,16 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
              Set --secret / SFUMATO_SECRET before exposing this node."
         );
     }
-    let events = crate::events::EventBus::disabled("standalone");
+    let node_id = args.node_id.clone().unwrap_or_else(crate::events::connector::default_node_id);
+    let (events, connector) = crate::events::connector::start(
+        &node_id,
+        crate::events::connector::ConnectorConfig {
+            nats_url: args.nats_url.clone(),
+            hook_url: args.hook_url.clone(),
+            buffer: args.events_buffer,
+        },
+    )
+    .map_err(NodeError::Events)?;
     let cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
     let control_mesh = Arc::new(Mutex::new(Mesh::<ControlMsg>::new(cores, CONTROL_RING)));
     let media_mesh = Arc::new(Mutex::new(Mesh::<MediaMsg>::new(cores, MEDIA_RING)));
@@ -63,7 +74,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
     );
 
     let failed_flag = failed.clone();
-    engine.run(shutdown.clone(), move |ctx| {
+    let ran = engine.run(shutdown.clone(), move |ctx| {
         // Taking the ring ends happens once per core at startup; the mutex never touches the data path.
         let control = control_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
         let media = media_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
@@ -131,7 +142,12 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
             http.cancel();
             tracing::info!(core = ctx.core, sessions = shell.state.borrow().session_count(), "core stopping");
         }
-    })?;
+    });
+    // The cores (and with them every EventBus sender) are gone: deliver what is still queued, briefly.
+    if let Some(connector) = connector {
+        connector.finish(std::time::Duration::from_secs(4));
+    }
+    ran?;
     if failed.load(Ordering::SeqCst) {
         return Err(NodeError::CoreFailed);
     }

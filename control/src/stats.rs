@@ -25,6 +25,8 @@ pub struct CoreStats {
     pub rtp_packets_skipped: u64,
     pub ring_full_drops: u64,
     pub keyframe_requests: u64,
+    /// Events lost because the queue to the events connector was full (node-wide; reported by core 0 only).
+    pub events_queue_dropped: u64,
     /// Server-added latency of forwarded packets: from the publisher datagram's arrival (after recv) to the
     /// viewer datagram's `sendmmsg` returning, in microseconds.
     #[serde(skip)]
@@ -78,6 +80,7 @@ impl CoreStats {
         self.rtp_packets_skipped += o.rtp_packets_skipped;
         self.ring_full_drops += o.ring_full_drops;
         self.keyframe_requests += o.keyframe_requests;
+        self.events_queue_dropped += o.events_queue_dropped;
         if let Some(h) = &o.forward_latency_us {
             let mine = self.forward_latency_us.get_or_insert_with(new_latency_histogram);
             let _ = mine.add(h);

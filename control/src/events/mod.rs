@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub mod connector;
+pub mod hook;
+pub mod nats;
 
 /// One event, serialized as the JSON body published to `sfumato.events.<kind>`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
