@@ -22,6 +22,8 @@ pub enum NodeError {
     Signals(std::io::Error),
     #[error("--webrtc-port {base} + {cores} cores overflows the port range")]
     PortRange { base: u16, cores: usize },
+    #[error("HTTP port {addr} is already in use (another sfumato or another program): {source}")]
+    HttpPortInUse { addr: SocketAddr, source: std::io::Error },
     #[error("a core failed to start; see the log above")]
     CoreFailed,
     #[error("events connector: {0}")]
@@ -39,6 +41,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         return Err(NodeError::PortRange { base: args.webrtc_port, cores });
     }
     let ips = media_ips(&args.webrtc_ips);
+    ensure_http_port_free(SocketAddr::new(args.http_addr, args.http_port))?;
     let shutdown = Shutdown::new();
     shutdown.install_signal_handlers().map_err(NodeError::Signals)?;
 
@@ -153,6 +156,13 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
     }
     tracing::info!("sfumato stopped");
     Ok(())
+}
+
+/// Every core binds the HTTP port with SO_REUSEPORT, which would also let a second sfumato (same user) join
+/// the port silently and take half the requests. A plain bind first — without SO_REUSEPORT, released at once —
+/// fails if anyone listens there already.
+fn ensure_http_port_free(addr: SocketAddr) -> Result<(), NodeError> {
+    std::net::TcpListener::bind(addr).map(drop).map_err(|source| NodeError::HttpPortInUse { addr, source })
 }
 
 /// The addresses WebRTC binds and advertises: the configured ones, or loopback plus every interface address.

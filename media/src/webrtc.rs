@@ -21,8 +21,10 @@ use crate::seq_rewrite::{SeqRewriter, Skip};
 
 /// A new session may take this long to connect (ICE + DTLS) before it is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-/// At most one keyframe request per publisher per this interval.
+/// At most one keyframe request per publisher per this interval while a request is outstanding.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// Once the requested keyframe arrived, a new request may follow after this much (viewers joining in a burst).
+pub const KEYFRAME_REQUEST_MIN_GAP: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -84,6 +86,8 @@ pub struct WebRtcSession {
     source: u64,
     publisher_mids: Vec<(Mid, TrackKind)>,
     last_keyframe_request: Option<Instant>,
+    /// A keyframe arrived since the last request (the request is answered).
+    keyframe_since_request: bool,
     keyframe_wanted: bool,
     /// Viewer: when it last asked its publisher for a keyframe.
     last_keyframe_ask: Option<Instant>,
@@ -199,6 +203,7 @@ impl WebRtcSession {
             source: 0,
             publisher_mids: Vec::new(),
             last_keyframe_request: None,
+            keyframe_since_request: false,
             keyframe_wanted: false,
             last_keyframe_ask: None,
             viewer_tracks: Vec::new(),
@@ -324,6 +329,7 @@ impl WebRtcSession {
                 let keyframe_start = crate::keyframe::is_keyframe_start(codec, &pkt.payload);
                 if keyframe_start {
                     self.keyframe_wanted = false;
+                    self.keyframe_since_request = true;
                 }
                 out.push(SessionEvent::Rtp(ForwardedPacket {
                     codec,
@@ -343,14 +349,16 @@ impl WebRtcSession {
         }
     }
 
-    /// Publisher: ask for a keyframe (PLI), at most once per [`KEYFRAME_REQUEST_INTERVAL`]. If the video
+    /// Publisher: ask for a keyframe (PLI), at most once per [`KEYFRAME_REQUEST_INTERVAL`] while a request is
+    /// unanswered, or [`KEYFRAME_REQUEST_MIN_GAP`] after its keyframe arrived. If the video
     /// stream isn't known yet (no packet seen), the request is sent once it is.
     pub fn request_keyframe(&mut self, now: Instant) -> bool {
         if self.role != Role::Publisher {
             return false;
         }
         if let Some(last) = self.last_keyframe_request {
-            if now.saturating_duration_since(last) < KEYFRAME_REQUEST_INTERVAL {
+            let gap = if self.keyframe_since_request { KEYFRAME_REQUEST_MIN_GAP } else { KEYFRAME_REQUEST_INTERVAL };
+            if now.saturating_duration_since(last) < gap {
                 return false;
             }
         }
@@ -366,6 +374,7 @@ impl WebRtcSession {
         }
         if sent {
             self.last_keyframe_request = Some(now);
+            self.keyframe_since_request = false;
         } else {
             self.keyframe_wanted = true;
         }
@@ -373,11 +382,11 @@ impl WebRtcSession {
     }
 
     /// Viewer: whether to ask the publisher for a keyframe now because this viewer is waiting for one (a
-    /// joined-early viewer, a re-publish, a lost keyframe). Throttled to one ask per
-    /// [`KEYFRAME_REQUEST_INTERVAL`].
+    /// joined-early viewer, a re-publish, a lost keyframe). Throttled to one ask per 100 ms; the publisher
+    /// side throttles again.
     pub fn should_ask_keyframe(&mut self, now: Instant) -> bool {
         match self.last_keyframe_ask {
-            Some(t) if now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL => false,
+            Some(t) if now.saturating_duration_since(t) < KEYFRAME_REQUEST_MIN_GAP * 2 => false,
             _ => {
                 self.last_keyframe_ask = Some(now);
                 true
