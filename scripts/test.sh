@@ -47,6 +47,8 @@ section "tools"
 missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+# libopus (RTMP ingest: AAC -> Opus) is linked through pkg-config at build time.
+pkg-config --exists opus 2>/dev/null || missing+=(libopus-dev pkg-config)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # headless Chromium for tests/e2e/test_browser.py (driven by pip playwright; never `playwright install`)
 [ -x "${SFUMATO_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)

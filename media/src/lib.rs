@@ -11,6 +11,7 @@
 pub mod keyframe;
 pub mod packet;
 pub mod room;
+pub mod rtmp;
 pub mod seq_rewrite;
 pub mod stun;
 pub mod webrtc;
