@@ -159,10 +159,36 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
 }
 
 /// Every core binds the HTTP port with SO_REUSEPORT, which would also let a second sfumato (same user) join
-/// the port silently and take half the requests. A plain bind first — without SO_REUSEPORT, released at once —
-/// fails if anyone listens there already.
+/// the port silently and take half the requests. Refuse to start if a socket already *listens* on the port.
+/// (A probe bind can't tell: the TIME_WAIT connections a previous run leaves behind make any bind without
+/// SO_REUSEPORT fail for a minute, so the kernel's table of listening sockets is read instead.)
 fn ensure_http_port_free(addr: SocketAddr) -> Result<(), NodeError> {
-    std::net::TcpListener::bind(addr).map(drop).map_err(|source| NodeError::HttpPortInUse { addr, source })
+    if let Some(owner) = listening_socket_on(addr.port()) {
+        let source = std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{owner} is listening on it"));
+        return Err(NodeError::HttpPortInUse { addr, source });
+    }
+    Ok(())
+}
+
+/// A TCP socket in LISTEN state on `port` in this network namespace, from /proc/net/tcp and tcp6.
+fn listening_socket_on(port: u16) -> Option<String> {
+    const LISTEN: &str = "0A";
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let mut fields = line.split_whitespace();
+            let (Some(_slot), Some(local), Some(_remote), Some(state)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if state == LISTEN && local_port == Some(port) {
+                return Some(format!("a socket ({table}: {local})"));
+            }
+        }
+    }
+    None
 }
 
 /// The addresses WebRTC binds and advertises: the configured ones, or loopback plus every interface address.
