@@ -44,6 +44,8 @@ pub enum GuardError {
     BadChunkSize { size: u64, limit: u32 },
     #[error("AMF message nested deeper than {0}")]
     AmfTooDeep(usize),
+    #[error("chunk payload with no message in progress")]
+    PayloadWithoutMessage,
 }
 
 const TYPE_SET_CHUNK_SIZE: u8 = 1;
@@ -125,7 +127,12 @@ impl ChunkGuard {
                 if n == 0 {
                     return Ok(total);
                 }
-                let partial = self.partial.as_mut().expect("payload without a message");
+                let Some(partial) = self.partial.as_mut() else {
+                    // Unreachable by construction (chunk_left > 0 only inside a message); fail the
+                    // connection rather than the process if that ever breaks.
+                    self.chunk_left = 0;
+                    return Err(GuardError::PayloadWithoutMessage);
+                };
                 if let Some(body) = partial.body.as_mut() {
                     body.extend_from_slice(&data[..n]);
                 }
