@@ -34,6 +34,11 @@ pub struct NodeArgs {
     /// HTTP API port (every core accepts on it via SO_REUSEPORT).
     #[arg(long, default_value_t = 3000, env = "SFUMATO_HTTP_PORT")]
     pub http_port: u16,
+    /// RTMP ingest port (every core accepts on it via SO_REUSEPORT); 0 disables RTMP. Default 1935; when
+    /// not given and 1935 is taken, RTMP is disabled with a warning (given explicitly, a taken port is fatal).
+    /// Publish to rtmp://host:PORT/live/<stream key>: the room name in dev mode, an `rtmp` token otherwise.
+    #[arg(long, env = "SFUMATO_RTMP_PORT")]
+    pub rtmp_port: Option<u16>,
     /// First WebRTC UDP port; core i uses this + i.
     #[arg(long, default_value_t = 10000, env = "SFUMATO_WEBRTC_PORT")]
     pub webrtc_port: u16,

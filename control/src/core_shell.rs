@@ -20,6 +20,9 @@ use glommio::net::UdpSocket;
 use sfumato_engine::CoreLinks;
 use sfumato_net::udp::{send_batch_nonblocking, Outgoing};
 
+use sfumato_media::packet::ForwardedPacket;
+use sfumato_media::room::RoomKey;
+
 use crate::core_state::{CoreState, Datagram};
 use crate::auth::Authority;
 use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
@@ -35,6 +38,7 @@ enum Reply {
     Offer(Result<Created, OfferError>),
     Resource(ResourceOutcome),
     Stats(CoreStats),
+    RtmpPublish(Result<u64, OfferError>),
 }
 
 /// Session counts per core, read by HTTP handlers to place viewers on the least-loaded core. The only state
@@ -132,6 +136,7 @@ impl CoreShell {
                 ControlMsg::OfferDone { req, result } => self.complete(req, Reply::Offer(result)),
                 ControlMsg::ResourceDone { req, outcome } => self.complete(req, Reply::Resource(outcome)),
                 ControlMsg::StatsDone { req, stats } => self.complete(req, Reply::Stats(stats)),
+                ControlMsg::RtmpPublishDone { req, result } => self.complete(req, Reply::RtmpPublish(result)),
                 other => {
                     self.state.borrow_mut().on_control(other, Instant::now());
                     self.flush().await;
@@ -306,6 +311,65 @@ impl CoreShell {
         match self.await_reply(req, rx).await {
             Some(Reply::Resource(outcome)) => outcome,
             _ => ResourceOutcome::NotFound,
+        }
+    }
+
+    // ---- used by RTMP connections (rtmp_ingest.rs) -------------------------------------------------------
+
+    /// Registers an RTMP publisher of `room` on the room's home core. Returns its source id.
+    pub async fn rtmp_publish(&self, room: &str) -> Result<u64, OfferError> {
+        let core = RoomKey::of(room).home_core(self.cores());
+        if core == self.core() {
+            let res = self.state.borrow_mut().rtmp_publish_start(room);
+            self.flush().await;
+            return res;
+        }
+        let (req, rx) = self.new_request();
+        let msg = ControlMsg::RtmpPublish { reply_to: self.core(), req, room: room.to_string() };
+        if self.control.send(core, msg).await.is_err() {
+            self.pending.borrow_mut().remove(&req);
+            return Err(OfferError::Unavailable(format!("core {core} is not running")));
+        }
+        match self.await_reply(req, rx).await {
+            Some(Reply::RtmpPublish(res)) => res,
+            _ => Err(OfferError::Unavailable(format!("core {core} did not answer in time"))),
+        }
+    }
+
+    /// Unregisters an RTMP publisher (never blocks on a reply).
+    pub async fn rtmp_unpublish(&self, room: RoomKey, source: u64) {
+        let core = room.home_core(self.cores());
+        if core == self.core() {
+            self.state.borrow_mut().rtmp_publish_stop(room, source);
+            self.flush().await;
+        } else if let Err(e) = self.control.send(core, ControlMsg::RtmpUnpublish { room, source }).await {
+            tracing::warn!(core = self.core(), to = core, error = %e, "RTMP unpublish lost");
+        }
+    }
+
+    /// Hands an RTMP publisher's packets to the room's home core, which fans them out. A full media ring
+    /// drops and counts (`ring_full_drops`), like every forwarded packet.
+    pub async fn rtmp_forward(&self, room: RoomKey, packets: &mut Vec<ForwardedPacket>) {
+        let core = room.home_core(self.cores());
+        if core == self.core() {
+            {
+                let now = Instant::now();
+                let mut st = self.state.borrow_mut();
+                for p in packets.drain(..) {
+                    st.rtmp_packet(room, p, now);
+                }
+            }
+            self.flush().await;
+            return;
+        }
+        let mut full = 0;
+        for packet in packets.drain(..) {
+            if self.media.try_send(core, MediaMsg::RtmpPacket { room, packet }).is_err() {
+                full += 1;
+            }
+        }
+        if full > 0 {
+            self.state.borrow_mut().stats.ring_full_drops += full;
         }
     }
 

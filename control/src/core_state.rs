@@ -58,6 +58,8 @@ pub struct CoreState {
     by_ufrag: HashMap<String, SessionId>,
     by_addr: HashMap<SocketAddr, SessionId>,
     router: RoomRouter,
+    /// Rooms (whose home this core is) published over RTMP: the publisher's pseudo session id and source id.
+    rtmp: HashMap<RoomKey, (SessionId, u64)>,
     viewers: LocalViewers,
     next_session: u64,
     nonce_state: u64,
@@ -88,6 +90,7 @@ impl CoreState {
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             router: RoomRouter::new(core),
+            rtmp: HashMap::new(),
             viewers: LocalViewers::default(),
             next_session: 0,
             nonce_state: seed ^ random_seed(),
@@ -199,6 +202,74 @@ impl CoreState {
         }
     }
 
+    // ---- RTMP publishers (the connection lives on whichever core accepted it) -----------------------------
+
+    /// Registers an RTMP publisher for `room`, which must be homed on this core. Returns its source id.
+    pub fn rtmp_publish_start(&mut self, room: &str) -> Result<u64, OfferError> {
+        let key = RoomKey::of(room);
+        let home = key.home_core(self.cores);
+        if home != self.core {
+            return Err(OfferError::Unavailable(format!("RTMP publish routed to core {} not home {}", self.core, home)));
+        }
+        if self.router.publisher(key).is_some() {
+            return Err(OfferError::RoomBusy);
+        }
+        self.next_session += 1;
+        let id = SessionId::new(self.core, self.next_session);
+        let mut changes = Vec::new();
+        let source = self.router.publish(key, room, id, &mut changes).map_err(|e| match e {
+            RoomError::AlreadyPublished => OfferError::RoomBusy,
+        })?;
+        self.rtmp.insert(key, (id, source));
+        self.stats.publishers += 1;
+        self.room_changes(&changes);
+        self.events.emit(EventRecord {
+            kind: "peer.joined",
+            node: self.events.node.to_string(),
+            room: room.to_string(),
+            peer: None,
+            session: Some(format!("{:016x}", id.0)),
+            ts_ms: now_ms(),
+            data: serde_json::json!({ "role": "publisher", "transport": "rtmp" }),
+        });
+        tracing::info!(core = self.core, session = id.0, room, "RTMP publisher registered");
+        Ok(source)
+    }
+
+    /// A packet from a room's RTMP publisher: fanned out like a WebRTC publisher's.
+    pub fn rtmp_packet(&mut self, room: RoomKey, packet: ForwardedPacket, now: Instant) {
+        match self.rtmp.get(&room) {
+            Some(&(_, source)) if source == packet.source => {}
+            _ => return, // late packet of a publisher that is gone
+        }
+        self.stats.rtp_packets_in += 1;
+        self.fan_out(room, packet, now);
+    }
+
+    /// Unregisters the RTMP publisher `source` of `room` (no-op if it is not the current one).
+    pub fn rtmp_publish_stop(&mut self, room: RoomKey, source: u64) {
+        let Some(&(id, current)) = self.rtmp.get(&room) else { return };
+        if current != source {
+            return;
+        }
+        self.rtmp.remove(&room);
+        let name = self.router.name(room).unwrap_or("").to_string();
+        let mut changes = Vec::new();
+        self.router.unpublish(room, id, &mut changes);
+        self.stats.publishers = self.stats.publishers.saturating_sub(1);
+        self.room_changes(&changes);
+        self.events.emit(EventRecord {
+            kind: "peer.left",
+            node: self.events.node.to_string(),
+            room: name.clone(),
+            peer: None,
+            session: Some(format!("{:016x}", id.0)),
+            ts_ms: now_ms(),
+            data: serde_json::json!({ "role": "publisher", "transport": "rtmp" }),
+        });
+        tracing::info!(core = self.core, session = id.0, room = %name, "RTMP publisher unregistered");
+    }
+
     // ---- UDP --------------------------------------------------------------------------------------------
 
     pub fn on_datagram(&mut self, now: Instant, remote: SocketAddr, local: SocketAddr, buf: &[u8]) {
@@ -278,6 +349,10 @@ impl CoreState {
                 self.room_changes(&changes);
             }
             ControlMsg::KeyframeRequest { room } => {
+                // An RTMP publisher can't be asked for a keyframe: viewers wait for the next one (GOP).
+                if self.rtmp.contains_key(&room) {
+                    return;
+                }
                 if let Some((publisher, _)) = self.router.publisher(room) {
                     if let Some(e) = self.sessions.get_mut(&publisher) {
                         if e.session.request_keyframe(now) {
@@ -291,14 +366,23 @@ impl CoreState {
                 let stats = self.snapshot();
                 self.control_out.push((reply_to, ControlMsg::StatsDone { req, stats }));
             }
+            ControlMsg::RtmpPublish { reply_to, req, room } => {
+                let result = self.rtmp_publish_start(&room);
+                self.control_out.push((reply_to, ControlMsg::RtmpPublishDone { req, result }));
+            }
+            ControlMsg::RtmpUnpublish { room, source } => self.rtmp_publish_stop(room, source),
             // Replies are consumed by the shell before they reach the state.
-            ControlMsg::OfferDone { .. } | ControlMsg::ResourceDone { .. } | ControlMsg::StatsDone { .. } => {}
+            ControlMsg::OfferDone { .. }
+            | ControlMsg::ResourceDone { .. }
+            | ControlMsg::StatsDone { .. }
+            | ControlMsg::RtmpPublishDone { .. } => {}
         }
     }
 
     pub fn on_media(&mut self, msg: MediaMsg, now: Instant) {
         match msg {
             MediaMsg::Forward { room, packet } => self.deliver_local(room, &packet, now),
+            MediaMsg::RtmpPacket { room, packet } => self.rtmp_packet(room, packet, now),
         }
     }
 

@@ -8,6 +8,7 @@ mod events;
 mod http_api;
 mod messages;
 mod node;
+mod rtmp_ingest;
 mod stats;
 
 use clap::Parser;

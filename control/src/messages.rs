@@ -93,10 +93,17 @@ pub enum ControlMsg {
     KeyframeRequest { room: RoomKey },
     StatsRequest { reply_to: usize, req: u64 },
     StatsDone { req: u64, stats: CoreStats },
+    /// To a room's home core: an RTMP connection wants to publish `room`; the reply carries the source id.
+    RtmpPublish { reply_to: usize, req: u64, room: String },
+    RtmpPublishDone { req: u64, result: Result<u64, OfferError> },
+    /// To a room's home core: the RTMP publisher with this source id is gone.
+    RtmpUnpublish { room: RoomKey, source: u64 },
 }
 
 pub enum MediaMsg {
     Forward { room: RoomKey, packet: ForwardedPacket },
+    /// To a room's home core: a packet from the room's RTMP publisher (on another core), to fan out.
+    RtmpPacket { room: RoomKey, packet: ForwardedPacket },
 }
 
 #[cfg(test)]

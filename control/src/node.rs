@@ -24,6 +24,8 @@ pub enum NodeError {
     PortRange { base: u16, cores: usize },
     #[error("HTTP port {addr} is already in use (another sfumato or another program): {source}")]
     HttpPortInUse { addr: SocketAddr, source: std::io::Error },
+    #[error("RTMP port {addr} is already in use (another sfumato or another program): {source}")]
+    RtmpPortInUse { addr: SocketAddr, source: std::io::Error },
     #[error("a core failed to start; see the log above")]
     CoreFailed,
     #[error("events connector: {0}")]
@@ -33,6 +35,8 @@ pub enum NodeError {
 /// Ring sizes: control messages are rare; media rings absorb a keyframe burst for one room per core.
 const CONTROL_RING: usize = 1024;
 const MEDIA_RING: usize = 4096;
+/// RTMP's well-known port, used when `--rtmp-port` is not given.
+const DEFAULT_RTMP_PORT: u16 = 1935;
 
 pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
     let engine = Engine::new(EngineConfig { cores: args.cores, pin: !args.no_pin, io_memory: args.io_memory })?;
@@ -42,6 +46,20 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
     }
     let ips = media_ips(&args.webrtc_ips);
     ensure_http_port_free(SocketAddr::new(args.http_addr, args.http_port))?;
+    let rtmp_port = match args.rtmp_port {
+        Some(0) => 0,
+        Some(port) => {
+            ensure_rtmp_port_free(SocketAddr::new(args.http_addr, port))?;
+            port
+        }
+        None => match ensure_rtmp_port_free(SocketAddr::new(args.http_addr, DEFAULT_RTMP_PORT)) {
+            Ok(()) => DEFAULT_RTMP_PORT,
+            Err(e) => {
+                tracing::warn!("{e}; RTMP ingest disabled (set --rtmp-port to choose another port)");
+                0
+            }
+        },
+    };
     let shutdown = Shutdown::new();
     shutdown.install_signal_handlers().map_err(NodeError::Signals)?;
 
@@ -73,6 +91,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         webrtc_ports = %format!("{}-{}", args.webrtc_port, args.webrtc_port as usize + cores - 1),
         ips = ?ips,
         public_ips = ?args.public_ip,
+        rtmp_port,
         "sfumato standalone starting"
     );
 
@@ -119,6 +138,20 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
                     return;
                 }
             };
+            let rtmp_listener = if rtmp_port == 0 {
+                None
+            } else {
+                let addr = SocketAddr::new(args.http_addr, rtmp_port);
+                match crate::rtmp_ingest::bind(addr) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::error!(core = ctx.core, %addr, error = %e, "cannot listen for RTMP");
+                        failed.store(true, Ordering::SeqCst);
+                        ctx.shutdown.trigger();
+                        return;
+                    }
+                }
+            };
             if sockets.is_empty() {
                 tracing::error!(core = ctx.core, port, "no WebRTC socket could be bound");
                 failed.store(true, Ordering::SeqCst);
@@ -140,9 +173,13 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
             let shell = CoreShell::new(state, control, media, sockets, loads, auth);
             shell.start(control_rx, media_rx);
             let http = glommio::spawn_local(crate::http_api::serve(shell.clone(), listener)).detach();
+            let rtmp = rtmp_listener.map(|l| glommio::spawn_local(crate::rtmp_ingest::serve(shell.clone(), l)).detach());
             tracing::info!(core = ctx.core, webrtc = ?shell.local_addrs(), "core ready");
             ctx.shutdown.wait().await;
             http.cancel();
+            if let Some(rtmp) = rtmp {
+                rtmp.cancel();
+            }
             tracing::info!(core = ctx.core, sessions = shell.state.borrow().session_count(), "core stopping");
         }
     });
@@ -189,6 +226,15 @@ fn listening_socket_on(port: u16) -> Option<String> {
         }
     }
     None
+}
+
+/// Like [`ensure_http_port_free`], for the RTMP port.
+fn ensure_rtmp_port_free(addr: SocketAddr) -> Result<(), NodeError> {
+    if let Some(owner) = listening_socket_on(addr.port()) {
+        let source = std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{owner} is listening on it"));
+        return Err(NodeError::RtmpPortInUse { addr, source });
+    }
+    Ok(())
 }
 
 /// The addresses WebRTC binds and advertises: the configured ones, or loopback plus every interface address.

@@ -27,6 +27,12 @@ pub struct CoreStats {
     pub keyframe_requests: u64,
     /// Events lost because the queue to the events connector was full (node-wide; reported by core 0 only).
     pub events_queue_dropped: u64,
+    /// RTMP connections open on this core (gauge).
+    pub rtmp_sessions: u64,
+    /// Bytes received on RTMP connections.
+    pub rtmp_bytes_in: u64,
+    /// RTMP publishes refused (bad stream key/token, room busy) or ended by the server (unsupported stream).
+    pub rtmp_rejected: u64,
     /// Server-added latency of forwarded packets: from the publisher datagram's arrival (after recv) to the
     /// viewer datagram's `sendmmsg` returning, in microseconds.
     #[serde(skip)]
@@ -81,6 +87,9 @@ impl CoreStats {
         self.ring_full_drops += o.ring_full_drops;
         self.keyframe_requests += o.keyframe_requests;
         self.events_queue_dropped += o.events_queue_dropped;
+        self.rtmp_sessions += o.rtmp_sessions;
+        self.rtmp_bytes_in += o.rtmp_bytes_in;
+        self.rtmp_rejected += o.rtmp_rejected;
         if let Some(h) = &o.forward_latency_us {
             let mine = self.forward_latency_us.get_or_insert_with(new_latency_histogram);
             let _ = mine.add(h);
