@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +22,9 @@ use sfumato_net::http_io::HyperStream;
 
 use crate::core_shell::CoreShell;
 use crate::auth::{fingerprint, unix_now, AuthError, TokenKind, MAX_TTL_SECS};
+use crate::config::IceServer;
 use crate::messages::{OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
+use crate::stats::{AuthFailure, HttpMetrics, Route};
 
 /// Largest accepted request body (SDP offers are a few KiB).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -34,18 +37,51 @@ const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 type Resp = Response<Full<Bytes>>;
 
+/// What every core's HTTP API shares: the ICE servers it announces and the request counters.
+pub struct HttpShared {
+    /// `Link: <url>; rel="ice-server"…` values (RFC 9725 §4.6), one per configured ICE server.
+    ice_links: Vec<HeaderValue>,
+    pub metrics: HttpMetrics,
+}
+
+impl HttpShared {
+    /// `ice_servers` come validated from the configuration (header-safe); a value that still is not a valid
+    /// header is skipped with a warning.
+    pub fn new(ice_servers: &[IceServer], cores: usize) -> Self {
+        let ice_links = ice_servers
+            .iter()
+            .filter_map(|s| match HeaderValue::from_str(&s.link_value()) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    tracing::warn!(url = %s.url, "ICE server not announced: not a valid Link header value");
+                    None
+                }
+            })
+            .collect();
+        Self { ice_links, metrics: HttpMetrics::new(cores) }
+    }
+
+    fn add_ice_links(&self, h: &mut hyper::HeaderMap) {
+        for v in &self.ice_links {
+            h.append(hyper::header::LINK, v.clone());
+        }
+    }
+}
+
 /// Accepts connections on `addr` (SO_REUSEPORT: every core binds the same port) until the task is dropped.
-pub async fn serve(shell: Rc<CoreShell>, listener: glommio::net::TcpListener) {
+pub async fn serve(shell: Rc<CoreShell>, shared: Arc<HttpShared>, listener: glommio::net::TcpListener) {
+    // One `Api` per core: requests clone the `Rc`, never the cross-core `Arc`.
+    let api = Rc::new(Api { shell, shared });
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let shell = shell.clone();
+                let api = api.clone();
                 glommio::spawn_local(async move {
                     let (io, idle) = HyperStream::new(stream);
                     let svc = hyper::service::service_fn(move |req| {
-                        let shell = shell.clone();
-                        async move { Ok::<_, Infallible>(handle(&shell, req).await) }
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(handle(&api, req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(io, svc);
                     let watchdog = async {
@@ -70,29 +106,49 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
     Ok(glommio::net::TcpListener::bind(addr)?)
 }
 
-async fn handle(shell: &CoreShell, req: Request<Incoming>) -> Resp {
+/// What a core's HTTP handlers work with.
+struct Api {
+    shell: Rc<CoreShell>,
+    shared: Arc<HttpShared>,
+}
+
+impl Api {
+    /// Counts an authentication failure and answers it.
+    fn refuse(&self, reason: AuthFailure, resp: Resp) -> Resp {
+        self.shared.metrics.auth_failure(self.shell.core(), reason);
+        resp
+    }
+
+    fn auth_error(&self, e: &AuthError) -> Resp {
+        self.refuse(AuthFailure::of(e), auth_error(e))
+    }
+}
+
+async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
+    let shell = &*api.shell;
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let route = Route::of(segments.first().copied().unwrap_or_default());
     let mut resp = match (req.method(), segments.as_slice()) {
-        (&Method::OPTIONS, _) => options(),
+        (&Method::OPTIONS, _) => options(&api.shared, route),
         (&Method::GET, ["healthz"]) => healthz(shell).await,
-        (&Method::GET, ["metrics"]) => metrics(shell).await,
+        (&Method::GET, ["metrics"]) => metrics(api).await,
         (&Method::GET, [""]) => asset("text/html; charset=utf-8", DEMO_PAGE),
         (&Method::GET, ["openapi.json"]) => asset("application/json", OPENAPI_JSON),
         (&Method::POST, ["token", kind]) => {
             let kind = kind.to_string();
-            issue_token(shell, &kind, req).await
+            issue_token(api, &kind, req).await
         }
         (&Method::POST, [kind @ ("whip" | "whep"), room]) => {
             let role = if *kind == "whip" { Role::Publisher } else { Role::Viewer };
             // `/whip/endpoint`: the room comes from the token (WHIP's standard single endpoint).
             let room = if *room == "endpoint" { None } else { Some(room.to_string()) };
-            create(shell, role, kind, room, req).await
+            create(api, role, kind, room, req).await
         }
         (method @ (&Method::DELETE | &Method::PATCH), ["whip" | "whep", "conn", id]) => {
             let op = if method == Method::DELETE { ResourceOp::Delete } else { ResourceOp::Touch };
             let id = id.to_string();
-            resource(shell, op, &id, req).await
+            resource(api, op, &id, req).await
         }
         (_, ["whip" | "whep" | "token", ..]) | (_, ["healthz" | "metrics" | "openapi.json" | ""]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this path")
@@ -100,6 +156,7 @@ async fn handle(shell: &CoreShell, req: Request<Incoming>) -> Resp {
         _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
     };
     cors(resp.headers_mut());
+    api.shared.metrics.request(shell.core(), route, resp.status().as_u16());
     tracing::debug!(%path, status = resp.status().as_u16(), "http");
     resp
 }
@@ -109,12 +166,16 @@ fn cors(h: &mut hyper::HeaderMap) {
     h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link"));
 }
 
-fn options() -> Resp {
+/// CORS preflight on every path; on /whip and /whep routes also the ICE servers (RFC 9725 §4.6).
+fn options(shared: &HttpShared, route: Route) -> Resp {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
     h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"));
     h.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type, Authorization, If-Match"));
+    if matches!(route, Route::Whip | Route::Whep) {
+        shared.add_ice_links(h);
+    }
     r
 }
 
@@ -187,12 +248,14 @@ struct TokenRequest {
 }
 
 /// `POST /token/{whip,whep,rtmp,webrtc}` with `Authorization: Bearer <cluster secret>`.
-async fn issue_token(shell: &CoreShell, kind: &str, req: Request<Incoming>) -> Resp {
+async fn issue_token(api: &Api, kind: &str, req: Request<Incoming>) -> Resp {
+    let shell = &*api.shell;
     let Some(kind) = TokenKind::parse(kind) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "token kinds are whip, whep, rtmp, webrtc");
     };
     if !bearer(&req).is_some_and(|s| shell.auth.is_secret(&s)) {
-        return error(StatusCode::UNAUTHORIZED, "APP_TOKEN_INVALID", "Authorization: Bearer <cluster secret> required");
+        let resp = error(StatusCode::UNAUTHORIZED, "APP_TOKEN_INVALID", "Authorization: Bearer <cluster secret> required");
+        return api.refuse(AuthFailure::BadSecret, resp);
     }
     let body = match read_body(req).await {
         Ok(b) => b,
@@ -214,7 +277,8 @@ async fn issue_token(shell: &CoreShell, kind: &str, req: Request<Incoming>) -> R
     }
 }
 
-async fn create(shell: &CoreShell, role: Role, kind: &str, room: Option<String>, req: Request<Incoming>) -> Resp {
+async fn create(api: &Api, role: Role, kind: &str, room: Option<String>, req: Request<Incoming>) -> Resp {
+    let shell = &*api.shell;
     let token_kind = if role == Role::Publisher { TokenKind::Whip } else { TokenKind::Whep };
     let token = bearer(&req);
     // Tokens are checked before anything else is read; in dev mode they are optional on /{room} routes.
@@ -222,7 +286,7 @@ async fn create(shell: &CoreShell, role: Role, kind: &str, room: Option<String>,
         (Some(room), true) => (room, None),
         (room, _) => match shell.auth.verify(token.as_deref(), token_kind, room.as_deref(), unix_now()) {
             Ok(claims) => (claims.room, claims.peer),
-            Err(e) => return auth_error(&e),
+            Err(e) => return api.auth_error(&e),
         },
     };
     let owner = if shell.auth.is_insecure() { None } else { token.as_deref().map(fingerprint) };
@@ -261,6 +325,7 @@ async fn create(shell: &CoreShell, role: Role, kind: &str, room: Option<String>,
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", created.resource.to_path_segment())) {
                 h.insert(hyper::header::ETAG, v);
             }
+            api.shared.add_ice_links(h);
             r
         }
         Err(OfferError::BadOffer(reason)) => error(StatusCode::BAD_REQUEST, "BAD_SDP", &reason),
@@ -272,7 +337,8 @@ async fn create(shell: &CoreShell, role: Role, kind: &str, room: Option<String>,
     }
 }
 
-async fn resource(shell: &CoreShell, op: ResourceOp, id: &str, req: Request<Incoming>) -> Resp {
+async fn resource(api: &Api, op: ResourceOp, id: &str, req: Request<Incoming>) -> Resp {
+    let shell = &*api.shell;
     let Some(id) = ResourceId::parse(id) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
     };
@@ -291,8 +357,11 @@ async fn resource(shell: &CoreShell, op: ResourceOp, id: &str, req: Request<Inco
     }
     match shell.resource(id, op, presented).await {
         ResourceOutcome::NotFound => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource"),
-        ResourceOutcome::Forbidden if presented.is_none() => auth_error(&AuthError::Missing),
-        ResourceOutcome::Forbidden => error(StatusCode::FORBIDDEN, "TOKEN_NOT_OWNER", "only the token that created this session may change it"),
+        ResourceOutcome::Forbidden if presented.is_none() => api.auth_error(&AuthError::Missing),
+        ResourceOutcome::Forbidden => api.refuse(
+            AuthFailure::NotOwner,
+            error(StatusCode::FORBIDDEN, "TOKEN_NOT_OWNER", "only the token that created this session may change it"),
+        ),
         ResourceOutcome::Done => {
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = if op == ResourceOp::Delete { StatusCode::OK } else { StatusCode::NO_CONTENT };
@@ -321,21 +390,11 @@ async fn healthz(shell: &CoreShell) -> Resp {
     )
 }
 
-async fn metrics(shell: &CoreShell) -> Resp {
-    let (_, per_core) = shell.node_stats().await;
+async fn metrics(api: &Api) -> Resp {
+    let (_, per_core) = api.shell.node_stats().await;
     let mut out = String::new();
-    let serialized: Vec<serde_json::Value> =
-        per_core.iter().map(|s| serde_json::to_value(s).unwrap_or_default()).collect();
-    if let Some(serde_json::Value::Object(first)) = serialized.first() {
-        for name in first.keys() {
-            out.push_str(&format!("# TYPE sfumato_{name} gauge\n"));
-            for (core, v) in serialized.iter().enumerate() {
-                if let Some(n) = v.get(name).and_then(|x| x.as_u64()) {
-                    out.push_str(&format!("sfumato_{name}{{core=\"{core}\"}} {n}\n"));
-                }
-            }
-        }
-    }
+    crate::stats::render_core_stats(&per_core, &mut out);
+    api.shared.metrics.render(&mut out);
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r

@@ -11,10 +11,15 @@ mod node;
 mod rtmp_ingest;
 mod stats;
 
-use clap::Parser;
-
 fn main() {
-    let cli = config::Cli::parse();
+    let cli = match config::load() {
+        Ok(cli) => cli,
+        Err(config::ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("sfumato: {e}");
+            std::process::exit(e.exit_code());
+        }
+    };
     config::init_logging(&cli.log_format);
     let code = match cli.command {
         config::Command::Standalone(args) => match node::run_standalone(args) {

@@ -30,6 +30,8 @@ pub enum NodeError {
     CoreFailed,
     #[error("events connector: {0}")]
     Events(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Ring sizes: control messages are rare; media rings absorb a keyframe burst for one room per core.
@@ -45,6 +47,8 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         return Err(NodeError::PortRange { base: args.webrtc_port, cores });
     }
     let ips = media_ips(&args.webrtc_ips);
+    let ice_servers = crate::config::ice_servers(&args)?;
+    let http_shared = Arc::new(crate::http_api::HttpShared::new(&ice_servers, cores));
     ensure_http_port_free(SocketAddr::new(args.http_addr, args.http_port))?;
     let rtmp_port = match args.rtmp_port {
         Some(0) => 0,
@@ -92,6 +96,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         ips = ?ips,
         public_ips = ?args.public_ip,
         rtmp_port,
+        ice_servers = ?ice_servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>(),
         "sfumato standalone starting"
     );
 
@@ -100,7 +105,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         // Taking the ring ends happens once per core at startup; the mutex never touches the data path.
         let control = control_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
         let media = media_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
-        let (args, ips, cert, loads, failed, auth, events) = (
+        let (args, ips, cert, loads, failed, auth, events, http_shared) = (
             args.clone(),
             ips.clone(),
             cert.clone(),
@@ -108,6 +113,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
             failed_flag.clone(),
             auth.clone(),
             events.clone(),
+            http_shared.clone(),
         );
         async move {
             let (Some(control), Some(media)) = (control, media) else {
@@ -172,7 +178,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
             let media_rx = media.take_receivers();
             let shell = CoreShell::new(state, control, media, sockets, loads, auth);
             shell.start(control_rx, media_rx);
-            let http = glommio::spawn_local(crate::http_api::serve(shell.clone(), listener)).detach();
+            let http = glommio::spawn_local(crate::http_api::serve(shell.clone(), http_shared, listener)).detach();
             let rtmp = rtmp_listener.map(|l| glommio::spawn_local(crate::rtmp_ingest::serve(shell.clone(), l)).detach());
             tracing::info!(core = ctx.core, webrtc = ?shell.local_addrs(), "core ready");
             ctx.shutdown.wait().await;

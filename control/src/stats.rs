@@ -1,6 +1,8 @@
 //! Counters each core keeps for itself (plain integers: only its own thread touches them) and the
 //! node-wide sum the HTTP API reports.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -93,6 +95,262 @@ impl CoreStats {
         if let Some(h) = &o.forward_latency_us {
             let mine = self.forward_latency_us.get_or_insert_with(new_latency_histogram);
             let _ = mine.add(h);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- /metrics ---
+
+/// Per-core counters that are gauges (current values); every other `CoreStats` field is a counter.
+const GAUGES: &[&str] = &["sessions", "publishers", "viewers", "rooms", "rtmp_sessions"];
+
+/// HELP text of the per-core metrics; a field missing here gets a generic one.
+const HELP: &[(&str, &str)] = &[
+    ("sessions", "WebRTC sessions open on the core"),
+    ("publishers", "WebRTC publishers open on the core"),
+    ("viewers", "WebRTC viewers open on the core"),
+    ("rooms", "Rooms whose home is the core"),
+    ("sessions_created", "WebRTC sessions created"),
+    ("sessions_closed", "WebRTC sessions closed"),
+    ("udp_datagrams_in", "UDP datagrams received"),
+    ("udp_datagrams_out", "UDP datagrams sent"),
+    ("udp_send_errors", "UDP datagrams that could not be sent"),
+    ("udp_unroutable", "UDP datagrams dropped: unknown peer or unparseable"),
+    ("udp_rejected", "UDP datagrams a session refused (bad SRTP, malformed RTP)"),
+    ("rtp_packets_in", "RTP packets received from publishers"),
+    ("rtp_packets_forwarded", "RTP packets written to viewers"),
+    ("rtp_packets_skipped", "Forwarded RTP packets not written to a viewer (not connected, waiting for keyframe, codec mismatch)"),
+    ("ring_full_drops", "Packets dropped because an inter-core media ring was full"),
+    ("keyframe_requests", "Keyframe requests (PLI) sent to publishers"),
+    ("events_queue_dropped", "Events lost because the queue to the events connector was full"),
+    ("rtmp_sessions", "RTMP connections open on the core"),
+    ("rtmp_bytes_in", "Bytes received on RTMP connections"),
+    ("rtmp_rejected", "RTMP publishes refused or ended by the server"),
+];
+
+/// Prometheus text for the per-core stats: `sfumato_<field>{core="N"}`, counters suffixed `_total`.
+pub fn render_core_stats(per_core: &[CoreStats], out: &mut String) {
+    let serialized: Vec<serde_json::Value> =
+        per_core.iter().map(|s| serde_json::to_value(s).unwrap_or_default()).collect();
+    let Some(serde_json::Value::Object(first)) = serialized.first() else { return };
+    for field in first.keys() {
+        let gauge = GAUGES.contains(&field.as_str());
+        let name = if gauge { format!("sfumato_{field}") } else { format!("sfumato_{field}_total") };
+        let help = HELP.iter().find(|(f, _)| f == field).map_or("Per-core counter (see /healthz)", |(_, h)| h);
+        header(out, &name, help, if gauge { "gauge" } else { "counter" });
+        for (core, v) in serialized.iter().enumerate() {
+            if let Some(n) = v.get(field).and_then(|x| x.as_u64()) {
+                out.push_str(&format!("{name}{{core=\"{core}\"}} {n}\n"));
+            }
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+/// Route groups of HTTP requests, by the first path segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Whip,
+    Whep,
+    Token,
+    Healthz,
+    Metrics,
+    OpenApi,
+    Demo,
+    Other,
+}
+
+impl Route {
+    const ALL: [Route; 8] =
+        [Route::Whip, Route::Whep, Route::Token, Route::Healthz, Route::Metrics, Route::OpenApi, Route::Demo, Route::Other];
+
+    pub fn of(first_segment: &str) -> Self {
+        match first_segment {
+            "whip" => Route::Whip,
+            "whep" => Route::Whep,
+            "token" => Route::Token,
+            "healthz" => Route::Healthz,
+            "metrics" => Route::Metrics,
+            "openapi.json" => Route::OpenApi,
+            "" => Route::Demo,
+            _ => Route::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Whip => "whip",
+            Route::Whep => "whep",
+            Route::Token => "token",
+            Route::Healthz => "healthz",
+            Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
+            Route::Demo => "demo",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Why a request's credentials were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    Expired,
+    WrongKind,
+    WrongRoom,
+    /// DELETE/PATCH with a token other than the one that created the session.
+    NotOwner,
+    /// `POST /token/...` without the cluster secret.
+    BadSecret,
+}
+
+impl AuthFailure {
+    const ALL: [AuthFailure; 7] = [
+        AuthFailure::Missing,
+        AuthFailure::Invalid,
+        AuthFailure::Expired,
+        AuthFailure::WrongKind,
+        AuthFailure::WrongRoom,
+        AuthFailure::NotOwner,
+        AuthFailure::BadSecret,
+    ];
+
+    pub fn of(e: &crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Missing => AuthFailure::Missing,
+            AuthError::Invalid => AuthFailure::Invalid,
+            AuthError::Expired => AuthFailure::Expired,
+            AuthError::WrongKind(_) => AuthFailure::WrongKind,
+            AuthError::WrongRoom => AuthFailure::WrongRoom,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid => "invalid",
+            AuthFailure::Expired => "expired",
+            AuthFailure::WrongKind => "wrong_kind",
+            AuthFailure::WrongRoom => "wrong_room",
+            AuthFailure::NotOwner => "not_owner",
+            AuthFailure::BadSecret => "bad_secret",
+        }
+    }
+}
+
+/// Status codes counted individually; anything else lands in the last slot, `status="other"`.
+const STATUSES: [u16; 13] = [200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 415, 500, 503];
+const STATUS_SLOTS: usize = STATUSES.len() + 1;
+
+/// One core's HTTP counters, on cache lines of their own. Only that core's HTTP tasks write them
+/// (uncontended relaxed atomics); `/metrics` on any core reads and sums them.
+#[repr(align(128))]
+struct CoreHttpCounters {
+    requests: [[AtomicU64; STATUS_SLOTS]; Route::ALL.len()],
+    auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+}
+
+impl CoreHttpCounters {
+    fn new() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            auth_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// HTTP request and authentication-failure counters of every core.
+pub struct HttpMetrics {
+    cores: Box<[CoreHttpCounters]>,
+}
+
+impl HttpMetrics {
+    pub fn new(cores: usize) -> Self {
+        Self { cores: (0..cores.max(1)).map(|_| CoreHttpCounters::new()).collect() }
+    }
+
+    fn core(&self, core: usize) -> &CoreHttpCounters {
+        &self.cores[core.min(self.cores.len() - 1)]
+    }
+
+    pub fn request(&self, core: usize, route: Route, status: u16) {
+        let slot = STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len());
+        self.core(core).requests[route as usize][slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn auth_failure(&self, core: usize, reason: AuthFailure) {
+        self.core(core).auth_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, get: impl Fn(&CoreHttpCounters) -> &AtomicU64) -> u64 {
+        self.cores.iter().map(|c| get(c).load(Ordering::Relaxed)).sum()
+    }
+
+    /// `sfumato_http_requests_total{route,status}` and `sfumato_auth_failures_total{reason}`, summed over
+    /// cores; label sets never seen are left out (every auth reason is always listed).
+    pub fn render(&self, out: &mut String) {
+        header(out, "sfumato_http_requests_total", "HTTP requests answered, by route group and status code", "counter");
+        for route in Route::ALL {
+            for slot in 0..STATUS_SLOTS {
+                let n = self.sum(|c| &c.requests[route as usize][slot]);
+                if n > 0 {
+                    let status = STATUSES.get(slot).map_or_else(|| "other".to_string(), u16::to_string);
+                    out.push_str(&format!("sfumato_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}\n", route.label()));
+                }
+            }
+        }
+        header(out, "sfumato_auth_failures_total", "Requests refused for their credentials, by reason", "counter");
+        for reason in AuthFailure::ALL {
+            let n = self.sum(|c| &c.auth_failures[reason as usize]);
+            out.push_str(&format!("sfumato_auth_failures_total{{reason=\"{}\"}} {n}\n", reason.label()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_counters_sum_over_cores() {
+        let m = HttpMetrics::new(2);
+        m.request(0, Route::Whip, 201);
+        m.request(1, Route::Whip, 201);
+        m.request(1, Route::Other, 404);
+        m.request(0, Route::Token, 418);
+        m.auth_failure(1, AuthFailure::Expired);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("# TYPE sfumato_http_requests_total counter\n"), "{out}");
+        assert!(out.contains("sfumato_http_requests_total{route=\"whip\",status=\"201\"} 2\n"), "{out}");
+        assert!(out.contains("sfumato_http_requests_total{route=\"other\",status=\"404\"} 1\n"), "{out}");
+        assert!(out.contains("sfumato_http_requests_total{route=\"token\",status=\"other\"} 1\n"), "{out}");
+        assert!(out.contains("sfumato_auth_failures_total{reason=\"expired\"} 1\n"), "{out}");
+        assert!(out.contains("sfumato_auth_failures_total{reason=\"missing\"} 0\n"), "{out}");
+        assert!(!out.contains("status=\"200\""), "{out}");
+    }
+
+    #[test]
+    fn core_stats_follow_prometheus_naming() {
+        let stats = CoreStats { sessions: 3, udp_datagrams_in: 7, ..Default::default() };
+        let mut out = String::new();
+        render_core_stats(&[stats, CoreStats::default()], &mut out);
+        assert!(out.contains("# TYPE sfumato_sessions gauge\nsfumato_sessions{core=\"0\"} 3\nsfumato_sessions{core=\"1\"} 0\n"), "{out}");
+        assert!(out.contains("# TYPE sfumato_udp_datagrams_in_total counter\n"), "{out}");
+        assert!(out.contains("sfumato_udp_datagrams_in_total{core=\"0\"} 7\n"), "{out}");
+        // every metric has HELP and TYPE, every counter ends in _total
+        for line in out.lines().filter(|l| l.starts_with("# TYPE")) {
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert!(out.contains(&format!("# HELP {} ", parts[2])), "{line}");
+            assert_eq!(parts[3] == "counter", parts[2].ends_with("_total"), "{line}");
+        }
+        for field in serde_json::to_value(CoreStats::default()).unwrap().as_object().unwrap().keys() {
+            assert!(HELP.iter().any(|(f, _)| f == field), "no HELP text for CoreStats::{field}");
         }
     }
 }
