@@ -18,7 +18,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::UdpSocket;
 use sfumato_engine::CoreLinks;
-use sfumato_net::udp::{send_batch_nonblocking, Outgoing};
+use sfumato_net::udp::{send_batch_nonblocking, Outgoing, RecvBatch};
 
 use sfumato_media::packet::ForwardedPacket;
 use sfumato_media::room::RoomKey;
@@ -30,8 +30,10 @@ use crate::stats::CoreStats;
 
 /// How long an HTTP handler waits for another core to answer.
 const CROSS_CORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Datagrams taken from a socket per wake-up beyond the first.
+const RECV_BATCH: usize = 32;
 /// Timer granularity bounds for driving str0m timeouts.
-const TICK_MIN: Duration = Duration::from_millis(1);
+const TICK_MIN: Duration = Duration::from_millis(5);
 const TICK_MAX: Duration = Duration::from_millis(10);
 
 enum Reply {
@@ -116,10 +118,22 @@ impl CoreShell {
 
     async fn udp_loop(self: Rc<Self>, local: SocketAddr, sock: Rc<UdpSocket>) {
         let mut buf = vec![0u8; 2048];
+        let mut batch = RecvBatch::new(RECV_BATCH, 2048);
         loop {
             match sock.recv_from(&mut buf).await {
                 Ok((n, remote)) => {
-                    self.state.borrow_mut().on_datagram(Instant::now(), remote, local, &buf[..n]);
+                    // Whatever else already waits in the socket (the rest of a video frame, usually) is taken
+                    // with one recvmmsg and handled before a single flush: viewers are then polled and sent
+                    // to once per burst instead of once per packet.
+                    let more = batch.recv_nonblocking(sock.as_raw_fd());
+                    let now = Instant::now();
+                    {
+                        let mut st = self.state.borrow_mut();
+                        st.on_datagram(now, remote, local, &buf[..n]);
+                        for (remote, data) in batch.iter(more) {
+                            st.on_datagram(now, remote, local, data);
+                        }
+                    }
                     self.flush().await;
                 }
                 Err(e) => {
@@ -191,6 +205,7 @@ impl CoreShell {
     pub async fn flush(&self) {
         let (mut outbox, media, control) = {
             let mut st = self.state.borrow_mut();
+            st.poll_written(Instant::now());
             let spare = std::mem::take(&mut *self.spare_outbox.borrow_mut());
             (
                 std::mem::replace(&mut st.outbox, spare),
@@ -221,9 +236,10 @@ impl CoreShell {
 
     async fn send_datagrams(&self, outbox: &[Datagram]) {
         let (mut sent, mut failed) = (0u64, 0u64);
+        let mut batch: Vec<Outgoing> = Vec::with_capacity(outbox.len());
         for (local, sock) in &self.sockets {
-            let batch: Vec<Outgoing> =
-                outbox.iter().filter(|d| d.from == *local).map(|d| Outgoing { to: d.to, data: &d.data }).collect();
+            batch.clear();
+            batch.extend(outbox.iter().filter(|d| d.from == *local).map(|d| Outgoing { to: d.to, data: &d.data }));
             if batch.is_empty() {
                 continue;
             }

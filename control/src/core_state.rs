@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use sfumato_media::packet::ForwardedPacket;
-use sfumato_media::room::{LocalViewers, RoomChange, RoomError, RoomKey, RoomRouter, SessionId};
+use sfumato_media::room::{LocalViewers, RoomChange, RoomError, RoomKey, RoomRouter, SessionId, SessionMap};
 use sfumato_media::stun;
 use sfumato_media::seq_rewrite::Skip;
 use sfumato_media::webrtc::{Role, SessionError, SessionEvent, WebRtcSession, WriteSkip};
@@ -38,6 +38,8 @@ struct SessionEntry {
     bytes: u64,
     /// Counters at the last session.stats event.
     reported: (u64, u64, Instant),
+    /// Viewer: packets were written since the last poll; the oldest one's arrival time (latency accounting).
+    written_since: Option<Instant>,
 }
 
 /// A datagram waiting to be sent from the socket bound to `from`.
@@ -54,7 +56,7 @@ pub struct CoreState {
     pub cores: usize,
     candidates: Vec<SocketAddr>,
     cert: Option<DtlsCert>,
-    sessions: HashMap<SessionId, SessionEntry>,
+    sessions: SessionMap<SessionEntry>,
     by_ufrag: HashMap<String, SessionId>,
     by_addr: HashMap<SocketAddr, SessionId>,
     router: RoomRouter,
@@ -64,6 +66,9 @@ pub struct CoreState {
     next_session: u64,
     nonce_state: u64,
     scratch: Vec<Vec<SessionEvent>>,
+    /// Viewers written to since they were last polled. Polling once per batch instead of once per packet
+    /// lets str0m release a whole frame's packets in one timeout round (see `poll_written`).
+    written: Vec<SessionId>,
     pub stats: CoreStats,
     events: EventBus,
     last_stats_report: Instant,
@@ -86,7 +91,7 @@ impl CoreState {
             cores,
             candidates,
             cert,
-            sessions: HashMap::new(),
+            sessions: SessionMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             router: RoomRouter::new(core),
@@ -95,6 +100,7 @@ impl CoreState {
             next_session: 0,
             nonce_state: seed ^ random_seed(),
             scratch: Vec::new(),
+            written: Vec::new(),
             stats: CoreStats::default(),
             events,
             last_stats_report: Instant::now(),
@@ -176,6 +182,7 @@ impl CoreState {
                 packets: 0,
                 bytes: 0,
                 reported: (0, 0, now),
+                written_since: None,
             },
         );
         self.emit_session(id, "peer.joined", serde_json::json!({ "role": role_name(role) }));
@@ -465,9 +472,9 @@ impl CoreState {
         }
     }
 
-    /// Writes a packet to every viewer of the room on this core.
+    /// Writes a packet to every viewer of the room on this core. The viewers are polled later, once per
+    /// batch of packets, by [`poll_written`](Self::poll_written).
     fn deliver_local(&mut self, room: RoomKey, packet: &ForwardedPacket, now: Instant) {
-        let mut events = self.scratch.pop().unwrap_or_default();
         let mut keyframe_wanted = false;
         for id in self.viewers.viewers(room) {
             let Some(entry) = self.sessions.get_mut(id) else { continue };
@@ -476,6 +483,10 @@ impl CoreState {
                     self.stats.rtp_packets_forwarded += 1;
                     entry.packets += 1;
                     entry.bytes += packet.payload.len() as u64;
+                    if entry.written_since.is_none() {
+                        entry.written_since = Some(packet.received_at);
+                        self.written.push(*id);
+                    }
                 }
                 Err(skip) => {
                     self.stats.rtp_packets_skipped += 1;
@@ -484,22 +495,43 @@ impl CoreState {
                     }
                 }
             }
-            entry.session.poll(now, &mut events);
-            for ev in events.drain(..) {
-                match ev {
-                    SessionEvent::Transmit { from, to, data } => {
-                        self.outbox.push(Datagram { from, to, data, origin: Some(packet.received_at) })
-                    }
-                    SessionEvent::KeyframeRequested => keyframe_wanted = true,
-                    SessionEvent::Rtp(_) | SessionEvent::Connected => {}
-                }
-            }
         }
-        self.scratch.push(events);
         if keyframe_wanted {
             let home = room.home_core(self.cores);
             self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
         }
+    }
+
+    /// Polls every viewer written to since the last call, queueing its SRTP datagrams in `outbox`. The
+    /// shell calls this once per batch of input (datagrams, ring messages) before it flushes.
+    pub fn poll_written(&mut self, now: Instant) {
+        if self.written.is_empty() {
+            return;
+        }
+        let mut events = self.scratch.pop().unwrap_or_default();
+        let mut written = std::mem::take(&mut self.written);
+        for id in written.drain(..) {
+            let Some(entry) = self.sessions.get_mut(&id) else { continue };
+            let origin = entry.written_since.take();
+            entry.session.poll(now, &mut events);
+            let room = entry.room;
+            let mut keyframe_wanted = false;
+            for ev in events.drain(..) {
+                match ev {
+                    SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data, origin }),
+                    SessionEvent::KeyframeRequested => keyframe_wanted = true,
+                    SessionEvent::Rtp(_) | SessionEvent::Connected => {}
+                }
+            }
+            if keyframe_wanted {
+                let home = room.home_core(self.cores);
+                self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
+            }
+        }
+        // Keep the allocation; anything queued meanwhile (a same-core keyframe request can't write) is kept.
+        written.append(&mut self.written);
+        self.written = written;
+        self.scratch.push(events);
     }
 
     fn room_changes(&mut self, changes: &[RoomChange]) {

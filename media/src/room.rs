@@ -29,6 +29,29 @@ impl RoomKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
+/// Hasher for maps keyed by [`SessionId`]: ids are assigned by the core itself (a counter), never chosen by
+/// a peer, so a multiplicative hash is safe and much cheaper than SipHash on the per-packet path.
+#[derive(Default, Clone, Copy)]
+pub struct SessionIdHasher(u64);
+
+impl std::hash::Hasher for SessionIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 ^= self.0 >> 32;
+    }
+}
+
+/// A `HashMap` keyed by [`SessionId`] with [`SessionIdHasher`].
+pub type SessionMap<V> = HashMap<SessionId, V, std::hash::BuildHasherDefault<SessionIdHasher>>;
+
 impl SessionId {
     pub fn new(core: usize, counter: u64) -> Self {
         SessionId(((core as u64 & 0xff) << 56) | (counter & 0x00ff_ffff_ffff_ffff))

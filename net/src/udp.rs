@@ -88,6 +88,75 @@ pub fn send_batch_nonblocking(fd: std::os::fd::RawFd, batch: &[Outgoing<'_>]) ->
     }
 }
 
+/// Receive side of batching: buffers for up to `n` datagrams taken with one `recvmmsg(MSG_DONTWAIT)`.
+/// Allocated once per socket task; nothing is allocated per receive.
+pub struct RecvBatch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    /// Room for `n` datagrams of up to `size` bytes each (longer ones are truncated and skipped).
+    pub fn new(n: usize, size: usize) -> Self {
+        let n = n.max(1);
+        // SAFETY: sockaddr_storage and mmsghdr are plain data for which all-zero is a valid value.
+        let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        Self {
+            bufs: (0..n).map(|_| vec![0u8; size]).collect(),
+            addrs: vec![zero_addr; n],
+            iovs: Vec::with_capacity(n),
+            msgs: (0..n).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        }
+    }
+
+    /// Takes the datagrams already queued on `fd` (never waits). Returns how many were received; read them
+    /// with [`iter`](Self::iter).
+    pub fn recv_nonblocking(&mut self, fd: std::os::fd::RawFd) -> usize {
+        self.iovs.clear();
+        self.iovs.extend(
+            self.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut libc::c_void, iov_len: b.len() }),
+        );
+        for i in 0..self.msgs.len() {
+            let m = &mut self.msgs[i];
+            m.msg_hdr.msg_name = (&mut self.addrs[i]) as *mut libc::sockaddr_storage as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = self.iovs.as_mut_ptr().wrapping_add(i);
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = std::ptr::null_mut();
+            m.msg_hdr.msg_controllen = 0;
+            m.msg_hdr.msg_flags = 0;
+            m.msg_len = 0;
+        }
+        // SAFETY: every msghdr points into buffers owned by self that outlive the call; the kernel writes at
+        // most iov_len bytes per buffer and msg_namelen bytes per address.
+        let n = unsafe {
+            libc::recvmmsg(fd, self.msgs.as_mut_ptr(), self.msgs.len() as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if n <= 0 {
+            0
+        } else {
+            n as usize
+        }
+    }
+
+    /// The first `n` datagrams of the last receive as (source, bytes); truncated ones and unknown address
+    /// families are skipped.
+    pub fn iter(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        (0..n.min(self.msgs.len())).filter_map(move |i| {
+            let m = &self.msgs[i];
+            if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                return None;
+            }
+            // SAFETY: the kernel filled addrs[i] with msg_namelen valid bytes of a socket address.
+            let addr = unsafe { socket2::SockAddr::new(self.addrs[i], m.msg_hdr.msg_namelen) }.as_socket()?;
+            let len = (m.msg_len as usize).min(self.bufs[i].len());
+            Some((addr, &self.bufs[i][..len]))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +178,28 @@ mod tests {
             let (n, _) = rx.recv_from(&mut buf).unwrap();
             assert_eq!(&buf[..n], &[i; 10]);
         }
+    }
+
+    #[test]
+    fn recv_batch_takes_what_is_queued_and_never_waits() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = RecvBatch::new(4, 16);
+        assert_eq!(batch.recv_nonblocking(rx.as_raw_fd()), 0, "empty socket: returns at once");
+        for i in 0..6u8 {
+            tx.send_to(&[i; 3], rx.local_addr().unwrap()).unwrap();
+        }
+        tx.send_to(&[9u8; 40], rx.local_addr().unwrap()).unwrap(); // longer than the buffer: skipped
+        let n = batch.recv_nonblocking(rx.as_raw_fd());
+        assert_eq!(n, 4);
+        let got: Vec<(SocketAddr, Vec<u8>)> = batch.iter(n).map(|(a, d)| (a, d.to_vec())).collect();
+        assert_eq!(got.len(), 4);
+        for (i, (from, data)) in got.iter().enumerate() {
+            assert_eq!(*from, tx.local_addr().unwrap());
+            assert_eq!(data, &vec![i as u8; 3]);
+        }
+        let n = batch.recv_nonblocking(rx.as_raw_fd());
+        assert_eq!(n, 3);
+        assert_eq!(batch.iter(n).count(), 2, "the truncated datagram is skipped");
     }
 }
