@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -299,6 +299,39 @@ impl PendingPeer {
             publisher,
             shared: Arc::new(PeerShared::new(role, id)),
         })
+    }
+}
+
+impl Peer {
+    /// A receive-only viewer answering a server's offer (Janus's streaming plugin offers; WHEP servers
+    /// answer). Binds a UDP socket on `local_ip`; returns the peer, ready for [`Driver::add`], and the SDP
+    /// answer to send back.
+    pub fn answer(local_ip: std::net::IpAddr, offer_sdp: &str) -> Result<(Peer, String), PeerError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 40);
+        let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_dtls_cert(shared_cert())
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .build(Instant::now());
+        let cand = Candidate::host(local, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
+        rtc.add_local_candidate(cand);
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let peer = Peer {
+            rtc,
+            socket,
+            local,
+            next_timeout: Instant::now(),
+            publisher: None,
+            shared: Arc::new(PeerShared::new(Role::Viewer, id)),
+        };
+        Ok((peer, answer.to_sdp_string()))
     }
 }
 

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use crate::client::PublisherConfig;
 use crate::harness::{Harness, HarnessError, MeasureWindow, Session};
 use crate::probe::Kind;
-use crate::server_probe::{delta, WindowSample};
-use crate::stats::{merge, JoinSummary, LatencySummary, RunResult};
+use crate::measure::{dup_reorder, rss_per_viewer, Tally};
+use crate::server_probe::{delta, sample_proc, WindowSample};
+use crate::stats::{JoinSummary, RunResult};
 
 /// Stop joining after this many failed WHEP POSTs in a row (an overloaded server would make each
 /// remaining viewer wait for the full HTTP timeout).
@@ -90,6 +91,7 @@ pub fn run(cfg: &FanoutConfig) -> Result<FanoutOutcome, HarnessError> {
 
 fn run_with(cfg: &FanoutConfig, h: &Harness, publisher: &Session, t0: Instant) -> Result<FanoutOutcome, HarnessError> {
     Harness::wait_for(cfg.connect_timeout, "the publisher to connect", || publisher.peer.connected())?;
+    let rss_before = cfg.server_pid.and_then(sample_proc).map(|p| p.rss_bytes);
     let mut last = (Instant::now(), 0u64, 0u64);
 
     // Join viewers.
@@ -146,13 +148,7 @@ fn run_with(cfg: &FanoutConfig, h: &Harness, publisher: &Session, t0: Instant) -
     sleep_with_progress(cfg, cfg.warmup, t0, "warmup", publisher, &viewers, &mut last);
 
     // Measured window.
-    let before: Vec<(u64, u64)> = viewers
-        .iter()
-        .map(|v| {
-            let st = v.peer.stats();
-            (st.kinds.iter().map(|k| k.duplicates()).sum(), st.kinds.iter().map(|k| k.reordered()).sum())
-        })
-        .collect();
+    let before: Vec<(u64, u64)> = viewers.iter().map(|v| dup_reorder(&v.peer.stats())).collect();
     let s0 = WindowSample::take(h.http(), cfg.server_pid);
     let mut window = MeasureWindow::open(publisher, &viewers);
     sleep_with_progress(cfg, cfg.duration, t0, "measure", publisher, &viewers, &mut last);
@@ -164,42 +160,26 @@ fn run_with(cfg: &FanoutConfig, h: &Harness, publisher: &Session, t0: Instant) -
 
     let d = delta(&s0, &s1);
     let sent = window.sent(Kind::Video) + window.sent(Kind::Audio);
+    let mut tally = Tally::default();
     let mut outcomes = Vec::with_capacity(viewers.len());
-    let (mut received, mut dups, mut reord, mut over) = (0u64, 0u64, 0u64, 0usize);
-    let mut hists = Vec::new();
     for (v, b) in viewers.iter().zip(&before) {
         let joined = v.peer.first_video().is_some();
-        let st = v.peer.stats();
-        let vr = st.kinds[0].window_received;
-        let ar = st.kinds[1].window_received;
-        let loss = RunResult::compute_loss(vr + ar, sent);
-        if joined {
-            received += vr + ar;
-            dups += st.kinds.iter().map(|k| k.duplicates()).sum::<u64>() - b.0;
-            reord += st.kinds.iter().map(|k| k.reordered()).sum::<u64>() - b.1;
-            if loss > 0.01 {
-                over += 1;
-            }
-            hists.push(st.latency_us.clone());
-        }
+        let w = tally.viewer(joined, &v.peer.stats(), sent, *b);
         outcomes.push(ViewerOutcome {
             location: v.location.clone(),
             joined,
             join_ms: v.join_time().map(|d| d.as_secs_f64() * 1e3),
-            video_received: vr,
-            audio_received: ar,
-            loss_ratio: loss,
+            video_received: w.video_received,
+            audio_received: w.audio_received,
+            loss_ratio: w.loss_ratio,
         });
     }
-    let connected = outcomes.iter().filter(|o| o.joined).count();
-    let expected = sent * connected as u64;
     let (ppf, bytes) = cfg.publisher.frame_shape();
-    let result = RunResult {
+    let mut result = RunResult {
         scenario: "fanout".into(),
         target: cfg.target.clone(),
         room: cfg.room.clone(),
         viewers_requested: cfg.viewers,
-        viewers_connected: connected,
         threads: h.threads(),
         bitrate_bps: cfg.publisher.bitrate_bps,
         fps: cfg.publisher.fps,
@@ -208,26 +188,13 @@ fn run_with(cfg: &FanoutConfig, h: &Harness, publisher: &Session, t0: Instant) -
         join_ms: JoinSummary::of(&join_ms),
         post_ms: JoinSummary::of(&post_ms),
         connect_ms: JoinSummary::of(&connect_ms),
-        latency_us: LatencySummary::of(&merge(hists.iter())),
         packets_sent: sent,
-        packets_received: received,
-        packets_expected: expected,
-        loss_ratio: RunResult::compute_loss(received, expected),
-        duplicates: dups,
-        reordered: reord,
-        viewers_over_1pct_loss: over,
         duration_s: measured.as_secs_f64(),
-        server_cpu_ns_per_packet: d.cpu_ns_per_packet,
-        server_cpu_percent: d.server_cpu_percent,
-        server_rss_bytes: d.rss_bytes,
-        server_packets_forwarded: d.forwarded,
-        server_ring_full_drops: d.ring_full_drops,
-        server_udp_send_errors: d.udp_send_errors,
-        harness_cpu_percent: d.harness_cpu_percent,
-        other_cpu_percent: d.other_cpu_percent,
-        server_run_delay_percent: d.server_run_delay_percent,
-        healthz_max_ms: d.healthz_max_ms,
+        ..RunResult::default()
     };
+    tally.fill(&mut result);
+    d.fill(&mut result);
+    result.server_rss_bytes_per_viewer = rss_per_viewer(rss_before, d.rss_bytes, result.viewers_connected);
 
     // Teardown.
     for v in &viewers {
@@ -243,8 +210,8 @@ pub fn summary(r: &RunResult) -> String {
     let mut s = String::new();
     let opt = |x: Option<f64>, unit: &str| x.map(|v| format!("{v:.0} {unit}")).unwrap_or_else(|| "n/a".into());
     s.push_str(&format!(
-        "fanout {} room {}: {}/{} viewers connected, {} driver thread(s)\n",
-        r.target, r.room, r.viewers_connected, r.viewers_requested, r.threads
+        "{} {} room {}: {}/{} viewers connected, {} driver thread(s)\n",
+        r.scenario, r.target, r.room, r.viewers_connected, r.viewers_requested, r.threads
     ));
     s.push_str(&format!(
         "  publisher: {} kbit/s video, {} fps × {} packets of {} B, + 20 ms audio\n",
@@ -278,7 +245,8 @@ pub fn summary(r: &RunResult) -> String {
         "  server: {} per forwarded packet, CPU {}, RSS {}, forwarded {}, ring-full drops {}\n",
         opt(r.server_cpu_ns_per_packet, "ns"),
         r.server_cpu_percent.map(|v| format!("{v:.1}%")).unwrap_or_else(|| "n/a".into()),
-        r.server_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "n/a".into()),
+        r.server_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "n/a".into())
+            + &r.server_rss_bytes_per_viewer.map(|b| format!(" (+{:.0} KiB per viewer)", b / 1024.0)).unwrap_or_default(),
         r.server_packets_forwarded.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into()),
         r.server_ring_full_drops.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into()),
     ));

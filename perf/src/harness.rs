@@ -9,7 +9,7 @@ use std::net::{IpAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::{Driver, PeerError, PeerShared, PendingPeer, PublisherConfig, Role};
+use crate::client::{Driver, Peer, PeerError, PeerShared, PendingPeer, PublisherConfig, Role};
 use crate::http_client::{HttpClient, HttpError};
 use crate::probe::Kind;
 use crate::stats::Window;
@@ -126,6 +126,14 @@ impl Harness {
         })
     }
 
+    /// Hands a peer negotiated elsewhere (e.g. by the Janus adapter) to a driver thread and returns its
+    /// session; `location` is whatever identifies it on the server.
+    pub fn add_peer(&self, peer: Peer, role: Role, room: &str, location: String, post_started: Instant, post_duration: Duration) -> Result<Session, HarnessError> {
+        let driver = self.pick_driver(role);
+        let shared = self.drivers[driver].add(peer)?;
+        Ok(Session { role, room: room.to_string(), location, peer: shared, stream_id: None, post_started, post_duration, driver })
+    }
+
     /// WHIP-publishes synthetic media to `room`. Media starts once ICE/DTLS connect.
     pub fn publish(&self, room: &str, cfg: PublisherConfig) -> Result<Session, HarnessError> {
         self.connect(Role::Publisher, room, Some(cfg))
@@ -191,6 +199,12 @@ impl MeasureWindow {
     pub fn open(publisher: &Session, viewers: &[Session]) -> Self {
         let stream_id = publisher.stream_id.expect("a publisher session");
         let start = [publisher.peer.sent(Kind::Video), publisher.peer.sent(Kind::Audio)];
+        Self::open_at(stream_id, start, viewers)
+    }
+
+    /// Opens a window for a publisher that is not a [`Session`] (e.g. a plain-RTP source): `start` is its
+    /// next (video, audio) probe counters.
+    pub fn open_at(stream_id: u32, start: [u64; 2], viewers: &[Session]) -> Self {
         for v in viewers {
             let mut st = v.peer.stats();
             for kind in [Kind::Video, Kind::Audio] {
@@ -202,7 +216,11 @@ impl MeasureWindow {
     }
 
     pub fn close(&mut self, publisher: &Session, viewers: &[Session]) {
-        let end = [publisher.peer.sent(Kind::Video), publisher.peer.sent(Kind::Audio)];
+        self.close_at([publisher.peer.sent(Kind::Video), publisher.peer.sent(Kind::Audio)], viewers);
+    }
+
+    /// Closes the window at the publisher's (video, audio) counters `end`.
+    pub fn close_at(&mut self, end: [u64; 2], viewers: &[Session]) {
         for v in viewers {
             let mut st = v.peer.stats();
             for kind in [Kind::Video, Kind::Audio] {

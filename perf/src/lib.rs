@@ -10,15 +10,32 @@
 //! - [`harness`]: connect/publish/view/delete and measurement windows.
 //! - [`stats`]: accounting and the JSON result.
 //! - [`server_probe`]: the server's CPU and memory from /proc and /healthz.
+//! - [`measure`]: adding up a measured window over viewers.
 //! - [`fanout`]: the one-publisher, N-viewer scenario.
+//! - [`floor`]: the same fan-out over plain UDP ([`reflector`], [`udp_peers`]): the machine's floor.
+//! - [`rooms`]: R rooms × (P publishers, V viewers); [`churn`]: viewers joining and leaving, leak check.
+//! - [`janus`], [`janus_fanout`]: `fanout --target-kind janus`, the same fan-out through Janus.
+//! - [`bench_report`]: the benchmark's results file, Markdown table and comparison.
+//! - [`affinity`]: CPU pinning and thread CPU clocks; [`units`]: command-line units.
 
+pub mod affinity;
+pub mod bench_report;
+pub mod churn;
 pub mod client;
 pub mod fanout;
+pub mod floor;
 pub mod harness;
 pub mod http_client;
+pub mod janus;
+pub mod janus_fanout;
+pub mod measure;
 pub mod probe;
+pub mod reflector;
+pub mod rooms;
 pub mod server_probe;
 pub mod stats;
+pub mod udp_peers;
+pub mod units;
 
 pub use client::{PublisherConfig, Role};
 pub use harness::{Harness, HarnessError, MeasureWindow, Session};

@@ -161,6 +161,22 @@ pub struct WindowDelta {
     pub healthz_max_ms: f64,
 }
 
+impl WindowDelta {
+    /// Copies the server/harness figures into a result.
+    pub fn fill(&self, r: &mut crate::stats::RunResult) {
+        r.server_cpu_ns_per_packet = self.cpu_ns_per_packet;
+        r.server_cpu_percent = self.server_cpu_percent;
+        r.server_rss_bytes = self.rss_bytes;
+        r.server_packets_forwarded = self.forwarded;
+        r.server_ring_full_drops = self.ring_full_drops;
+        r.server_udp_send_errors = self.udp_send_errors;
+        r.harness_cpu_percent = self.harness_cpu_percent;
+        r.other_cpu_percent = self.other_cpu_percent;
+        r.server_run_delay_percent = self.server_run_delay_percent;
+        r.healthz_max_ms = self.healthz_max_ms;
+    }
+}
+
 pub fn delta(a: &WindowSample, b: &WindowSample) -> WindowDelta {
     let wall_ns = b.at.saturating_duration_since(a.at).as_nanos() as f64;
     let counters = a.counters.zip(b.counters);

@@ -374,7 +374,7 @@ pub fn merge<'a>(hs: impl IntoIterator<Item = &'a Histogram<u64>>) -> Histogram<
 }
 
 /// The result of one run, as written by `--json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RunResult {
     pub scenario: String,
     pub target: String,
@@ -408,6 +408,8 @@ pub struct RunResult {
     pub server_cpu_ns_per_packet: Option<f64>,
     pub server_cpu_percent: Option<f64>,
     pub server_rss_bytes: Option<u64>,
+    /// (RSS at the window's end − RSS before the viewers joined) / connected viewers.
+    pub server_rss_bytes_per_viewer: Option<f64>,
     pub server_packets_forwarded: Option<u64>,
     pub server_ring_full_drops: Option<u64>,
     pub server_udp_send_errors: Option<u64>,
@@ -418,6 +420,9 @@ pub struct RunResult {
     pub server_run_delay_percent: Option<f64>,
     /// Slowest GET /healthz at the window's edges (HTTP responsiveness under load).
     pub healthz_max_ms: f64,
+    /// Scenario-specific fields, written at the top level of the JSON.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RunResult {

@@ -1,0 +1,266 @@
+//! The benchmark's results file, its Markdown table, and the comparison with an earlier file.
+//!
+//! Why it exists: `scripts/bench.sh` runs several scenarios, each writing its own `--json`; this module
+//! gathers them into one `perf/results/<date>-bench.json` (`{"date", "meta", "runs": [{"name",
+//! "result"}]}`), renders the table the README quotes, and prints new/old ratios of the key figures
+//! against a previous results file. Pure JSON in, text out: unit-tested.
+
+use serde_json::{json, Value};
+
+/// Figures compared between two results files: (label, JSON pointer into a run's result).
+/// For all of them lower is better, so a ratio above 1 is a regression.
+pub const COMPARED: &[(&str, &str)] = &[
+    ("server ns/pkt", "/server_cpu_ns_per_packet"),
+    ("server CPU %", "/server_cpu_percent"),
+    ("latency p50 µs", "/latency_us/p50"),
+    ("latency p99 µs", "/latency_us/p99"),
+    ("latency max µs", "/latency_us/max"),
+    ("loss", "/loss_ratio"),
+    ("join p99 ms", "/join_ms/p99"),
+    ("RSS/viewer B", "/server_rss_bytes_per_viewer"),
+    ("failures", "/no_video_failures"),
+    ("sessions leaked", "/sessions_leaked"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0} is not JSON: {1}")]
+    Json(String, serde_json::Error),
+    #[error("{0}: expected NAME=FILE")]
+    BadRun(String),
+    #[error("{0} has no \"runs\" array: not a bench results file")]
+    NotBench(String),
+}
+
+pub fn read_json(path: &str) -> Result<Value, ReportError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::Read(path.to_string(), e))?;
+    serde_json::from_str(&text).map_err(|e| ReportError::Json(path.to_string(), e))
+}
+
+/// Builds the results document from `NAME=FILE` arguments and `key=value` metadata.
+pub fn gather(date: &str, meta: &[(String, String)], runs: &[String]) -> Result<Value, ReportError> {
+    let mut out = Vec::new();
+    for r in runs {
+        let (name, path) = r.split_once('=').ok_or_else(|| ReportError::BadRun(r.clone()))?;
+        let mut v = read_json(path)?;
+        // Per-viewer detail stays in the scenario's own file.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("viewers");
+        }
+        out.push(json!({ "name": name, "result": v }));
+    }
+    let meta: serde_json::Map<String, Value> = meta.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    Ok(json!({ "date": date, "meta": meta, "runs": out }))
+}
+
+fn num(v: &Value, ptr: &str) -> Option<f64> {
+    v.pointer(ptr).and_then(Value::as_f64)
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+/// What the table shows for one run's viewers, and its notes column.
+fn viewers_and_notes(r: &Value) -> (String, String) {
+    let s = |p: &str| r.pointer(p).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+    match r["scenario"].as_str() {
+        Some("churn") => (
+            format!("{}/{}", s("/viewers_joined"), s("/viewers_attempted")),
+            format!(
+                "{} joins/s; failures POST {} video {}; sessions leaked {}; RSS {} → {} MiB",
+                s("/rate_per_s"),
+                s("/post_failures"),
+                s("/no_video_failures"),
+                s("/sessions_leaked"),
+                fmt(num(r, "/server_rss_bytes_before").map(|b| b / 1048576.0), 1),
+                fmt(num(r, "/server_rss_bytes_after").map(|b| b / 1048576.0), 1),
+            ),
+        ),
+        Some("rooms") => (
+            format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")),
+            format!(
+                "{} rooms × ({} pub, {} viewers); publishers accepted {}/{}, refused {}",
+                s("/rooms"),
+                s("/publishers_per_room"),
+                s("/viewers_per_room"),
+                s("/publishers_accepted"),
+                s("/publishers_requested"),
+                s("/publishers_refused")
+            ),
+        ),
+        Some("floor") => (
+            format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")),
+            format!("plain UDP, {}; {:.2} datagrams/message", s("/send_mode"), num(r, "/reflector_datagrams_per_message").unwrap_or(0.0)),
+        ),
+        _ => (format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")), String::new()),
+    }
+}
+
+/// The Markdown table of a results document.
+pub fn markdown(doc: &Value) -> String {
+    let mut s = String::from(
+        "| run | viewers | loss % | latency p50 / p99 / max µs | join p50 / p99 ms | server ns/pkt | server CPU % | RSS/viewer KiB | other CPU % | notes |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for run in doc["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let r = &run["result"];
+        let (viewers, notes) = viewers_and_notes(r);
+        let lat = if r["scenario"] == "churn" {
+            "–".to_string()
+        } else {
+            format!("{} / {} / {}", fmt(num(r, "/latency_us/p50"), 0), fmt(num(r, "/latency_us/p99"), 0), fmt(num(r, "/latency_us/max"), 0))
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+            run["name"].as_str().unwrap_or("?"),
+            viewers,
+            fmt(num(r, "/loss_ratio").map(|x| x * 100.0), 3),
+            lat,
+            fmt(num(r, "/join_ms/p50"), 0),
+            fmt(num(r, "/join_ms/p99"), 0),
+            fmt(num(r, "/server_cpu_ns_per_packet"), 0),
+            fmt(num(r, "/server_cpu_percent"), 1),
+            fmt(num(r, "/server_rss_bytes_per_viewer").map(|b| b / 1024.0), 1),
+            fmt(num(r, "/other_cpu_percent"), 1),
+            notes
+        ));
+    }
+    s
+}
+
+/// Side by side: `a / b` of every [`COMPARED`] figure both runs of `doc` have (e.g. sfumato/Janus).
+pub fn pair(doc: &Value, a: &str, b: &str) -> Vec<Ratio> {
+    let find = |n: &str| doc["runs"].as_array().and_then(|r| r.iter().find(|x| x["name"] == n)).map(|x| x["result"].clone());
+    let (Some(ra), Some(rb)) = (find(a), find(b)) else { return Vec::new() };
+    COMPARED
+        .iter()
+        .filter_map(|&(figure, ptr)| {
+            let (x, y) = (num(&ra, ptr)?, num(&rb, ptr)?);
+            Some(Ratio { run: format!("{a} / {b}"), figure, old: y, new: x, ratio: (y != 0.0).then(|| x / y) })
+        })
+        .collect()
+}
+
+/// A side-by-side table: `a`, `b` and `a/b` per figure (below 1 = `a` is better).
+pub fn pair_markdown(a: &str, b: &str, ratios: &[Ratio]) -> String {
+    if ratios.is_empty() {
+        return format!("\n{a} vs {b}: not both present\n");
+    }
+    let mut s = format!("\n{a} vs {b} (ratio {a}/{b}; below 1 = {a} is better):\n\n| figure | {a} | {b} | ratio |\n|---|---|---|---|\n");
+    for r in ratios {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.figure,
+            trim(r.new),
+            trim(r.old),
+            r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into())
+        ));
+    }
+    s
+}
+
+/// One compared figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ratio {
+    pub run: String,
+    pub figure: &'static str,
+    pub old: f64,
+    pub new: f64,
+    /// `new / old`; `None` when old is 0.
+    pub ratio: Option<f64>,
+}
+
+/// new/old of every [`COMPARED`] figure present in both documents, for runs of the same name.
+pub fn compare(old: &Value, new: &Value) -> Result<Vec<Ratio>, ReportError> {
+    let runs = |d: &Value, which: &str| d["runs"].as_array().cloned().ok_or_else(|| ReportError::NotBench(which.to_string()));
+    let old_runs = runs(old, "the old file")?;
+    let mut out = Vec::new();
+    for n in runs(new, "the new file")? {
+        let name = n["name"].as_str().unwrap_or("?");
+        let Some(o) = old_runs.iter().find(|o| o["name"] == n["name"]) else { continue };
+        for &(figure, ptr) in COMPARED {
+            if let (Some(a), Some(b)) = (num(&o["result"], ptr), num(&n["result"], ptr)) {
+                out.push(Ratio { run: name.to_string(), figure, old: a, new: b, ratio: (a != 0.0).then(|| b / a) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The comparison as a Markdown table.
+pub fn compare_markdown(old_name: &str, ratios: &[Ratio]) -> String {
+    let mut s = format!("Compared with {old_name} (new/old; below 1 is better for every figure):\n\n| run | figure | old | new | new/old |\n|---|---|---|---|---|\n");
+    for r in ratios {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.run,
+            r.figure,
+            trim(r.old),
+            trim(r.new),
+            r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into())
+        ));
+    }
+    s
+}
+
+fn trim(x: f64) -> String {
+    if x.abs() >= 100.0 || x == x.trunc() {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(ns: f64, p99: u64) -> Value {
+        json!({"date": "d", "runs": [
+            {"name": "fanout-50", "result": {"scenario": "fanout", "viewers_connected": 50, "viewers_requested": 50,
+              "loss_ratio": 0.0, "latency_us": {"p50": 100, "p99": p99, "max": 900}, "join_ms": {"p50": 40.0, "p99": 90.0},
+              "server_cpu_ns_per_packet": ns, "server_rss_bytes_per_viewer": 2048.0, "other_cpu_percent": 1.0}},
+            {"name": "churn", "result": {"scenario": "churn", "viewers_joined": 9, "viewers_attempted": 10,
+              "sessions_leaked": 0, "no_video_failures": 1, "rate_per_s": 5.0}}
+        ]})
+    }
+
+    #[test]
+    fn table_and_ratios() {
+        let md = markdown(&doc(20000.0, 3000));
+        assert!(md.contains("| fanout-50 | 50/50 | 0.000 | 100 / 3000 / 900 | 40 / 90 | 20000 |"), "{md}");
+        assert!(md.contains("| churn | 9/10 |"), "{md}");
+        assert!(md.contains("sessions leaked 0"));
+        let r = compare(&doc(20000.0, 3000), &doc(10000.0, 3000)).unwrap();
+        let ns = r.iter().find(|x| x.figure == "server ns/pkt").unwrap();
+        assert_eq!(ns.ratio, Some(0.5));
+        let leak = r.iter().find(|x| x.figure == "sessions leaked").unwrap();
+        assert_eq!(leak.ratio, None, "0 → 0 has no ratio");
+        assert!(compare_markdown("old.json", &r).contains("| fanout-50 | server ns/pkt | 20000 | 10000 | 0.50 |"));
+        assert!(compare(&json!({}), &doc(1.0, 1)).is_err());
+        let mut two = doc(10000.0, 2000);
+        let other = doc(40000.0, 8000)["runs"][0]["result"].clone();
+        two["runs"].as_array_mut().unwrap().push(json!({"name": "janus-50", "result": other}));
+        let p = pair(&two, "fanout-50", "janus-50");
+        assert_eq!(p.iter().find(|x| x.figure == "server ns/pkt").unwrap().ratio, Some(0.25));
+        assert!(pair_markdown("fanout-50", "janus-50", &p).contains("| latency p99 µs | 2000 | 8000 | 0.25 |"));
+        assert!(pair(&two, "fanout-50", "nope").is_empty());
+    }
+
+    #[test]
+    fn gather_reads_runs() {
+        let dir = std::env::temp_dir().join(format!("sfumato-perf-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.json");
+        std::fs::write(&f, r#"{"scenario": "fanout", "viewers": [1, 2], "loss_ratio": 0}"#).unwrap();
+        let d = gather("2026-01-01", &[("machine".into(), "test".into())], &[format!("a={}", f.display())]).unwrap();
+        assert_eq!(d["runs"][0]["name"], "a");
+        assert!(d["runs"][0]["result"].get("viewers").is_none(), "per-viewer detail dropped");
+        assert_eq!(d["meta"]["machine"], "test");
+        assert!(gather("d", &[], &["nofile".into()]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

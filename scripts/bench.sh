@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# The standard benchmark: server pinned to CPU 0, harness to CPU 1, one fresh server per scenario.
+#
+#   scripts/bench.sh                  # build, run, write perf/results/<date>-bench.{json,md}
+#   scripts/bench.sh --compare        # ... and print new/old ratios against the newest older results file
+#   scripts/bench.sh --compare FILE   # ... against FILE
+#   scripts/bench.sh --no-build       # use the binaries already in target/release
+#   scripts/bench.sh --no-janus       # skip the Janus runs
+#   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
+#
+# Scenarios (under 3 minutes in all): floor 50 (sendmmsg), floor 50 (GSO), floor 200, fanout 50,
+# fanout 200, rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, and — if `janus` is
+# installed (apt-get install janus) — the same fan-out 50 and 200 through Janus's streaming plugin,
+# pinned like the server, with a sfumato/Janus table.
+# Environment: BENCH_DURATION (measured window per scenario, default 10s), BENCH_SERVER_CPU (0),
+# BENCH_HARNESS_CPU (1). The machine should be otherwise idle: the table's "other CPU %" column says
+# how busy it was during each window.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BUILD=1
+JANUS=1
+JANUS_CONFIG_ONLY=""
+COMPARE=""
+DO_COMPARE=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-build) BUILD=0 ;;
+        --compare)
+            DO_COMPARE=1
+            if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then COMPARE=$2; shift; fi ;;
+        --no-janus) JANUS=0 ;;
+        --janus-config) JANUS_CONFIG_ONLY=${2:?--janus-config needs a directory}; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+DURATION=${BENCH_DURATION:-10s}
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+HARNESS_CPU=${BENCH_HARNESS_CPU:-1}
+SFU_BIN=$ROOT/target/release/sfumato
+PERF_BIN=$ROOT/target/release/sfumato-perf
+DATE=$(date +%F)
+RESULTS=$ROOT/perf/results
+OUT_JSON=$RESULTS/$DATE-bench.json
+OUT_MD=$RESULTS/$DATE-bench.md
+WORK=$(mktemp -d /tmp/sfumato-bench.XXXXXX)
+SFU_PID=""
+
+cleanup() {
+    if [ -n "$SFU_PID" ] && kill -0 "$SFU_PID" 2>/dev/null; then
+        kill "$SFU_PID" 2>/dev/null || true
+        wait "$SFU_PID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+# write_janus_config DIR HTTP_PORT VIDEO_RTP_PORT AUDIO_RTP_PORT: Janus with only the HTTP transport and
+# the streaming plugin, one static event loop (the most efficient setting on one core), ICE-lite, and
+# mountpoint 1 fed with plain RTP (VP8 pt 96, Opus pt 111) by the harness's publisher.
+write_janus_config() {
+    local dir=$1 http=$2 vport=$3 aport=$4 lib=/usr/lib/x86_64-linux-gnu/janus
+    [ -d "$lib" ] || lib=$(dirname "$(find /usr/lib -name libjanus_streaming.so -print -quit 2>/dev/null)")/..
+    mkdir -p "$dir"
+    cat >"$dir/janus.jcfg" <<EOF
+general: {
+	configs_folder = "$dir"
+	plugins_folder = "$lib/plugins"
+	transports_folder = "$lib/transports"
+	events_folder = "$lib/events"
+	loggers_folder = "$lib/loggers"
+	debug_level = 3
+	session_timeout = 120
+	event_loops = 1
+}
+media: {
+	rtp_port_range = "46000-47999"
+}
+nat: {
+	ice_lite = true
+}
+plugins: {
+	disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_videoroom.so,libjanus_voicemail.so"
+}
+transports: {
+	disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so"
+}
+events: {
+	broadcast = false
+}
+EOF
+    cat >"$dir/janus.transport.http.jcfg" <<EOF
+general: {
+	base_path = "/janus"
+	http = true
+	port = $http
+	ip = "127.0.0.1"
+	https = false
+}
+admin: {
+	admin_http = false
+}
+EOF
+    cat >"$dir/janus.plugin.streaming.jcfg" <<EOF
+general: {
+}
+bench: {
+	type = "rtp"
+	id = 1
+	description = "sfumato-perf bench"
+	audio = true
+	video = true
+	audioport = $aport
+	audiopt = 111
+	audiocodec = "opus"
+	videoport = $vport
+	videopt = 96
+	videocodec = "vp8"
+	secure = false
+}
+EOF
+}
+
+if [ -n "$JANUS_CONFIG_ONLY" ]; then
+    write_janus_config "$JANUS_CONFIG_ONLY" 8088 5004 5002
+    echo "bench.sh: wrote $JANUS_CONFIG_ONLY (start: taskset -c 0 janus -C $JANUS_CONFIG_ONLY/janus.jcfg -F $JANUS_CONFIG_ONLY)" >&2
+    exit 0
+fi
+
+if [ "$BUILD" = 1 ]; then
+    cargo build --release -j2 -p sfumato -p sfumato-perf
+fi
+for b in "$SFU_BIN" "$PERF_BIN"; do
+    [ -x "$b" ] || { echo "bench.sh: $b missing (build it, or drop --no-build)" >&2; exit 2; }
+done
+
+# Two free ports (HTTP, WebRTC UDP), asked from the kernel.
+read -r HTTP_PORT WEBRTC_PORT JANUS_HTTP_PORT JANUS_VIDEO_PORT JANUS_AUDIO_PORT < <(python3 -c '
+import socket
+keep = []
+def port(kind):
+    s = socket.socket(type=kind); s.bind(("127.0.0.1", 0)); keep.append(s); return s.getsockname()[1]
+print(port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_DGRAM))')
+TARGET=http://127.0.0.1:$HTTP_PORT
+
+start_server() {
+    local log=$WORK/sfumato-$1.log
+    taskset -c "$SERVER_CPU" "$SFU_BIN" standalone --cores 1 --rtmp-port 0 \
+        --http-addr 127.0.0.1 --http-port "$HTTP_PORT" --webrtc-port "$WEBRTC_PORT" --webrtc-ips 127.0.0.1 \
+        2>"$log" &
+    SFU_PID=$!
+    for _ in $(seq 1 100); do
+        if curl -sf "$TARGET/healthz" >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$SFU_PID" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    echo "bench.sh: the server did not come up; its log:" >&2
+    cat "$log" >&2
+    exit 2
+}
+
+start_janus() {
+    local dir=$WORK/janus
+    write_janus_config "$dir" "$JANUS_HTTP_PORT" "$JANUS_VIDEO_PORT" "$JANUS_AUDIO_PORT"
+    taskset -c "$SERVER_CPU" janus -C "$dir/janus.jcfg" -F "$dir" >"$WORK/janus-$1.log" 2>&1 &
+    SFU_PID=$!
+    for _ in $(seq 1 100); do
+        if curl -sf "http://127.0.0.1:$JANUS_HTTP_PORT/janus/info" >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$SFU_PID" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    echo "bench.sh: Janus did not come up; its log:" >&2
+    tail -20 "$WORK/janus-$1.log" >&2
+    return 1
+}
+
+stop_server() {
+    kill "$SFU_PID" 2>/dev/null || true
+    wait "$SFU_PID" 2>/dev/null || true
+    SFU_PID=""
+}
+
+RUNS=()
+# run NAME SERVER(0 none, 1 sfumato, janus) SUBCOMMAND ARGS...: runs one scenario; exit 1 (some viewers
+# missing) is kept, exit 2 (setup error) drops the scenario from the table.
+run() {
+    local name=$1 server=$2
+    shift 2
+    echo "== $name" >&2
+    local extra=()
+    if [ "$server" = 1 ]; then
+        start_server "$name"
+        extra=(--target "$TARGET" --server-pid "$SFU_PID")
+    elif [ "$server" = janus ]; then
+        start_janus "$name" || return 0
+        extra=(--target-kind janus --target "http://127.0.0.1:$JANUS_HTTP_PORT/janus" --server-pid "$SFU_PID"
+               --janus-video-rtp "127.0.0.1:$JANUS_VIDEO_PORT" --janus-audio-rtp "127.0.0.1:$JANUS_AUDIO_PORT")
+    fi
+    local rc=0
+    taskset -c "$HARNESS_CPU" "$PERF_BIN" "$@" "${extra[@]}" --quiet --json "$WORK/$name.json" >"$WORK/$name.txt" 2>"$WORK/$name.err" || rc=$?
+    if [ "$server" != 0 ]; then stop_server; fi
+    cat "$WORK/$name.txt" >&2
+    if [ "$rc" -ge 2 ] || [ ! -s "$WORK/$name.json" ]; then
+        echo "bench.sh: $name failed (exit $rc):" >&2
+        tail -5 "$WORK/$name.err" >&2
+        return 0
+    fi
+    if [ "$rc" = 1 ]; then echo "bench.sh: $name: not every viewer connected, or failures (kept in the table)" >&2; fi
+    RUNS+=("$name=$WORK/$name.json")
+}
+
+started=$(date +%s)
+run floor-50       0 floor --viewers 50  --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
+run floor-50-gso   0 floor --viewers 50  --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso
+run floor-200      0 floor --viewers 200 --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
+run fanout-50      1 fanout --room bench --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+run fanout-200     1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+run rooms-10x4     1 rooms --rooms 10 --publishers 1 --viewers 4 --bitrate 500k --duration "$DURATION" --warmup 2s
+run churn-10ps     1 churn --rate 10/s --duration 15s --lifetime 3s
+PAIRS=()
+if [ "$JANUS" = 1 ] && command -v janus >/dev/null 2>&1; then
+    run janus-fanout-50  janus fanout --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+    run janus-fanout-200 janus fanout --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+    PAIRS=(--pair fanout-50:janus-fanout-50 --pair fanout-200:janus-fanout-200)
+elif [ "$JANUS" = 1 ]; then
+    echo "bench.sh: janus not installed (apt-get install janus): no side-by-side" >&2
+fi
+echo "bench.sh: scenarios took $(( $(date +%s) - started )) s" >&2
+
+[ ${#RUNS[@]} -gt 0 ] || { echo "bench.sh: no scenario produced a result" >&2; exit 2; }
+mkdir -p "$RESULTS"
+"$PERF_BIN" report --date "$DATE" \
+    --meta "machine=$(nproc) CPUs, $(uname -sr), loopback" \
+    --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)" \
+    --meta "pinning=server CPU $SERVER_CPU (--cores 1), harness CPU $HARNESS_CPU" \
+    --meta "duration=$DURATION" \
+    --out "$OUT_JSON" --md "$OUT_MD" "${PAIRS[@]}" "${RUNS[@]}"
+
+if [ "$DO_COMPARE" = 1 ]; then
+    if [ -z "$COMPARE" ]; then
+        # The newest results file older than this one (names sort by date).
+        COMPARE=$(ls "$RESULTS"/*-bench.json 2>/dev/null | grep -vxF "$OUT_JSON" | sort | tail -1 || true)
+    fi
+    if [ -z "$COMPARE" ]; then
+        echo "bench.sh: --compare: no earlier results file in $RESULTS" >&2
+    else
+        echo
+        "$PERF_BIN" compare "$COMPARE" "$OUT_JSON" | tee -a "$OUT_MD"
+    fi
+fi
+echo "bench.sh: wrote $OUT_JSON and $OUT_MD (scenario logs in $WORK)" >&2
