@@ -6,21 +6,27 @@
 #   scripts/bench.sh --compare FILE   # ... against FILE
 #   scripts/bench.sh --no-build       # use the binaries already in target/release
 #   scripts/bench.sh --no-janus       # skip the Janus runs
+#   scripts/bench.sh --quick          # a shorter set (~2 min): 5 s windows, no GSO floor/rooms/churn, smaller sweeps
 #   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
 #
-# Scenarios (under 3 minutes in all): floor 50 (sendmmsg), floor 50 (GSO), floor 200, fanout 50,
-# fanout 200, rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, and — if `janus` is
-# installed (apt-get install janus) — the same fan-out 50 and 200 through Janus's streaming plugin,
-# pinned like the server, with a sfumato/Janus table.
-# Environment: BENCH_DURATION (measured window per scenario, default 10s), BENCH_SERVER_CPU (0),
-# BENCH_HARNESS_CPU (1). The machine should be otherwise idle: the table's "other CPU %" column says
-# how busy it was during each window.
+# Scenarios (about 5 minutes in all): floor 50 (sendmmsg), floor 50 (GSO), floor 200, fanout 50,
+# fanout 200, rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
+# viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), and — if `janus` is installed
+# (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
+# plugin, pinned like the server, with sfumato/Janus tables. Then PNG charts (latency CDF, CPU per
+# packet vs viewers) next to the results: perf/results/<date>-{latency-cdf,cpu-per-packet}.png
+# (<date>.2-... for a second run the same day).
+# Environment: BENCH_DURATION (measured window per scenario, default 10s; 5s with --quick),
+# BENCH_SWEEP ("START STEP MAX" of the sweeps, default "100 150 700"; "100 150 400" with --quick),
+# BENCH_SERVER_CPU (0), BENCH_HARNESS_CPU (1). The machine should be otherwise idle: the table's
+# "other CPU %" column says how busy it was during each window.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BUILD=1
 JANUS=1
+QUICK=0
 JANUS_CONFIG_ONLY=""
 COMPARE=""
 DO_COMPARE=0
@@ -31,22 +37,33 @@ while [ $# -gt 0 ]; do
             DO_COMPARE=1
             if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then COMPARE=$2; shift; fi ;;
         --no-janus) JANUS=0 ;;
+        --quick) QUICK=1 ;;
         --janus-config) JANUS_CONFIG_ONLY=${2:?--janus-config needs a directory}; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
-DURATION=${BENCH_DURATION:-10s}
+if [ "$QUICK" = 1 ]; then
+    DURATION=${BENCH_DURATION:-5s}
+    read -r SWEEP_START SWEEP_STEP SWEEP_MAX <<<"${BENCH_SWEEP:-100 150 400}"
+else
+    DURATION=${BENCH_DURATION:-10s}
+    read -r SWEEP_START SWEEP_STEP SWEEP_MAX <<<"${BENCH_SWEEP:-100 150 700}"
+fi
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 HARNESS_CPU=${BENCH_HARNESS_CPU:-1}
 SFU_BIN=$ROOT/target/release/sfumato
 PERF_BIN=$ROOT/target/release/sfumato-perf
 DATE=$(date +%F)
 RESULTS=$ROOT/perf/results
-OUT_JSON=$RESULTS/$DATE-bench.json
-OUT_MD=$RESULTS/$DATE-bench.md
+# A second run on the same day gets <date>.2-, <date>.3-, ... (sorts after <date>-, so --compare finds it).
+STAMP=$DATE
+n=2
+while [ -e "$RESULTS/$STAMP-bench.json" ]; do STAMP=$DATE.$n; n=$((n + 1)); done
+OUT_JSON=$RESULTS/$STAMP-bench.json
+OUT_MD=$RESULTS/$STAMP-bench.md
 WORK=$(mktemp -d /tmp/sfumato-bench.XXXXXX)
 SFU_PID=""
 
@@ -137,33 +154,48 @@ for b in "$SFU_BIN" "$PERF_BIN"; do
     [ -x "$b" ] || { echo "bench.sh: $b missing (build it, or drop --no-build)" >&2; exit 2; }
 done
 
-# Two free ports (HTTP, WebRTC UDP), asked from the kernel.
-read -r HTTP_PORT WEBRTC_PORT JANUS_HTTP_PORT JANUS_VIDEO_PORT JANUS_AUDIO_PORT < <(python3 -c '
+# Free ports, asked from the kernel anew before every server start: other builds and tests on this machine
+# start servers on free ports too, so ports chosen once at the top could be taken between scenarios.
+# pick_ports: sets HTTP_PORT WEBRTC_PORT RTMP_PORT JANUS_HTTP_PORT JANUS_VIDEO_PORT JANUS_AUDIO_PORT, TARGET.
+pick_ports() {
+    read -r HTTP_PORT WEBRTC_PORT JANUS_HTTP_PORT JANUS_VIDEO_PORT JANUS_AUDIO_PORT RTMP_PORT < <(python3 -c '
 import socket
 keep = []
 def port(kind):
     s = socket.socket(type=kind); s.bind(("127.0.0.1", 0)); keep.append(s); return s.getsockname()[1]
-print(port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_DGRAM))')
-TARGET=http://127.0.0.1:$HTTP_PORT
+print(port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_DGRAM),
+      port(socket.SOCK_STREAM))')
+    TARGET=http://127.0.0.1:$HTTP_PORT
+}
+pick_ports
 
+# start_server NAME [rtmp]: a fresh server on fresh ports (RTMP ingest on $RTMP_PORT only with "rtmp");
+# up to 3 tries, in case another program takes a port between picking and binding.
 start_server() {
-    local log=$WORK/sfumato-$1.log
-    taskset -c "$SERVER_CPU" "$SFU_BIN" standalone --cores 1 --rtmp-port 0 \
-        --http-addr 127.0.0.1 --http-port "$HTTP_PORT" --webrtc-port "$WEBRTC_PORT" --webrtc-ips 127.0.0.1 \
-        2>"$log" &
-    SFU_PID=$!
-    for _ in $(seq 1 100); do
-        if curl -sf "$TARGET/healthz" >/dev/null 2>&1; then return 0; fi
-        if ! kill -0 "$SFU_PID" 2>/dev/null; then break; fi
-        sleep 0.1
+    local log=$WORK/sfumato-$1.log try
+    for try in 1 2 3; do
+        pick_ports
+        local rtmp=0
+        if [ "${2:-}" = rtmp ]; then rtmp=$RTMP_PORT; fi
+        taskset -c "$SERVER_CPU" "$SFU_BIN" standalone --cores 1 --rtmp-port "$rtmp" \
+            --http-addr 127.0.0.1 --http-port "$HTTP_PORT" --webrtc-port "$WEBRTC_PORT" --webrtc-ips 127.0.0.1 \
+            2>"$log" &
+        SFU_PID=$!
+        for _ in $(seq 1 100); do
+            if curl -sf "$TARGET/healthz" >/dev/null 2>&1; then return 0; fi
+            if ! kill -0 "$SFU_PID" 2>/dev/null; then break; fi
+            sleep 0.1
+        done
+        stop_server
+        echo "bench.sh: the server did not come up (try $try); its log:" >&2
+        cat "$log" >&2
     done
-    echo "bench.sh: the server did not come up; its log:" >&2
-    cat "$log" >&2
     exit 2
 }
 
 start_janus() {
     local dir=$WORK/janus
+    pick_ports
     write_janus_config "$dir" "$JANUS_HTTP_PORT" "$JANUS_VIDEO_PORT" "$JANUS_AUDIO_PORT"
     taskset -c "$SERVER_CPU" janus -C "$dir/janus.jcfg" -F "$dir" >"$WORK/janus-$1.log" 2>&1 &
     SFU_PID=$!
@@ -184,8 +216,9 @@ stop_server() {
 }
 
 RUNS=()
-# run NAME SERVER(0 none, 1 sfumato, janus) SUBCOMMAND ARGS...: runs one scenario; exit 1 (some viewers
-# missing) is kept, exit 2 (setup error) drops the scenario from the table.
+# run NAME SERVER(0 none, 1 sfumato, rtmp = sfumato with RTMP ingest, janus) SUBCOMMAND ARGS...: runs one
+# scenario; exit 1 (some viewers missing, or a sweep with no good count) is kept, exit 2 (setup error)
+# drops the scenario from the table.
 run() {
     local name=$1 server=$2
     shift 2
@@ -194,6 +227,9 @@ run() {
     if [ "$server" = 1 ]; then
         start_server "$name"
         extra=(--target "$TARGET" --server-pid "$SFU_PID")
+    elif [ "$server" = rtmp ]; then
+        start_server "$name" rtmp
+        extra=(--target "$TARGET" --server-pid "$SFU_PID" --rtmp-url "rtmp://127.0.0.1:$RTMP_PORT/live")
     elif [ "$server" = janus ]; then
         start_janus "$name" || return 0
         extra=(--target-kind janus --target "http://127.0.0.1:$JANUS_HTTP_PORT/janus" --server-pid "$SFU_PID"
@@ -212,19 +248,31 @@ run() {
     RUNS+=("$name=$WORK/$name.json")
 }
 
+# The sweeps: 3 s windows per viewer count, stop at the first count with loss > 1 % or a saturated harness.
+SWEEP=(sweep --start "$SWEEP_START" --step "$SWEEP_STEP" --max "$SWEEP_MAX" --duration 3s --warmup 1s --bitrate 1000k --fps 30)
+
 started=$(date +%s)
 run floor-50       0 floor --viewers 50  --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
-run floor-50-gso   0 floor --viewers 50  --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso
+[ "$QUICK" = 1 ] || run floor-50-gso   0 floor --viewers 50  --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso
 run floor-200      0 floor --viewers 200 --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
 run fanout-50      1 fanout --room bench --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 run fanout-200     1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
-run rooms-10x4     1 rooms --rooms 10 --publishers 1 --viewers 4 --bitrate 500k --duration "$DURATION" --warmup 2s
-run churn-10ps     1 churn --rate 10/s --duration 15s --lifetime 3s
+if [ "$QUICK" != 1 ]; then
+    run rooms-10x4     1 rooms --rooms 10 --publishers 1 --viewers 4 --bitrate 500k --duration "$DURATION" --warmup 2s
+    run churn-10ps     1 churn --rate 10/s --duration 15s --lifetime 3s
+fi
+if command -v ffmpeg >/dev/null 2>&1; then
+    run rtmp-20    rtmp rtmp --room bench-rtmp --viewers 20 --duration "$DURATION" --warmup 2s
+else
+    echo "bench.sh: ffmpeg not installed (apt-get install ffmpeg): no rtmp run" >&2
+fi
+run sweep-sfumato  1 "${SWEEP[@]}"
 PAIRS=()
 if [ "$JANUS" = 1 ] && command -v janus >/dev/null 2>&1; then
     run janus-fanout-50  janus fanout --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
     run janus-fanout-200 janus fanout --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
-    PAIRS=(--pair fanout-50:janus-fanout-50 --pair fanout-200:janus-fanout-200)
+    run sweep-janus      janus "${SWEEP[@]}"
+    PAIRS=(--pair fanout-50:janus-fanout-50 --pair fanout-200:janus-fanout-200 --pair sweep-sfumato:sweep-janus)
 elif [ "$JANUS" = 1 ]; then
     echo "bench.sh: janus not installed (apt-get install janus): no side-by-side" >&2
 fi
@@ -239,6 +287,9 @@ mkdir -p "$RESULTS"
     --meta "duration=$DURATION" \
     --out "$OUT_JSON" --md "$OUT_MD" "${PAIRS[@]}" "${RUNS[@]}"
 
+# Charts next to the results (a failure here leaves the results in place).
+"$PERF_BIN" plot "$OUT_JSON" --out-prefix "$RESULTS/$STAMP-" || echo "bench.sh: plotting failed (results are written)" >&2
+
 if [ "$DO_COMPARE" = 1 ]; then
     if [ -z "$COMPARE" ]; then
         # The newest results file older than this one (names sort by date).
@@ -247,8 +298,7 @@ if [ "$DO_COMPARE" = 1 ]; then
     if [ -z "$COMPARE" ]; then
         echo "bench.sh: --compare: no earlier results file in $RESULTS" >&2
     else
-        echo
-        "$PERF_BIN" compare "$COMPARE" "$OUT_JSON" | tee -a "$OUT_MD"
+        { echo; "$PERF_BIN" compare "$COMPARE" "$OUT_JSON"; } | tee -a "$OUT_MD"
     fi
 fi
-echo "bench.sh: wrote $OUT_JSON and $OUT_MD (scenario logs in $WORK)" >&2
+echo "bench.sh: wrote $OUT_JSON, $OUT_MD and $RESULTS/$STAMP-*.png (scenario logs in $WORK)" >&2

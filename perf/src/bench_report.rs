@@ -22,6 +22,9 @@ pub const COMPARED: &[(&str, &str)] = &[
     ("sessions leaked", "/sessions_leaked"),
 ];
 
+/// Figures for which higher is better (marked ↑ in the tables): a ratio below 1 is a regression.
+pub const COMPARED_HIGHER: &[(&str, &str)] = &[("max viewers ↑", "/max_viewers")];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("reading {0}: {1}")]
@@ -91,6 +94,28 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
                 s("/publishers_refused")
             ),
         ),
+        Some("sweep") => (
+            format!("max {}", s("/max_viewers")),
+            format!(
+                "sweep of {} ({} steps, limited by {}): {}",
+                s("/target_kind"),
+                r["steps"].as_array().map(Vec::len).unwrap_or(0),
+                s("/limited_by"),
+                s("/verdict")
+            ),
+        ),
+        Some("rtmp") => (
+            format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")),
+            format!(
+                "ffmpeg H.264+AAC → WHEP; per viewer video {} pkt/s, audio {} pkt/s; jitter video {} ms; frame delay variation p99 {} µs; largest gap {} ms; ffmpeg CPU {} %",
+                fmt(num(r, "/video_pps_per_viewer"), 1),
+                fmt(num(r, "/audio_pps_per_viewer"), 1),
+                fmt(num(r, "/video_jitter_ms/mean"), 2),
+                fmt(num(r, "/video_frame_delay_variation_us/p99"), 0),
+                fmt(num(r, "/max_gap_ms/video"), 0),
+                fmt(num(r, "/ffmpeg_cpu_percent"), 1),
+            ),
+        ),
         Some("floor") => (
             format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")),
             format!("plain UDP, {}; {:.2} datagrams/message", s("/send_mode"), num(r, "/reflector_datagrams_per_message").unwrap_or(0.0)),
@@ -108,7 +133,7 @@ pub fn markdown(doc: &Value) -> String {
     for run in doc["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let r = &run["result"];
         let (viewers, notes) = viewers_and_notes(r);
-        let lat = if r["scenario"] == "churn" {
+        let lat = if matches!(r["scenario"].as_str(), Some("churn" | "rtmp" | "sweep")) {
             "–".to_string()
         } else {
             format!("{} / {} / {}", fmt(num(r, "/latency_us/p50"), 0), fmt(num(r, "/latency_us/p99"), 0), fmt(num(r, "/latency_us/max"), 0))
@@ -137,6 +162,7 @@ pub fn pair(doc: &Value, a: &str, b: &str) -> Vec<Ratio> {
     let (Some(ra), Some(rb)) = (find(a), find(b)) else { return Vec::new() };
     COMPARED
         .iter()
+        .chain(COMPARED_HIGHER)
         .filter_map(|&(figure, ptr)| {
             let (x, y) = (num(&ra, ptr)?, num(&rb, ptr)?);
             Some(Ratio { run: format!("{a} / {b}"), figure, old: y, new: x, ratio: (y != 0.0).then(|| x / y) })
@@ -149,7 +175,7 @@ pub fn pair_markdown(a: &str, b: &str, ratios: &[Ratio]) -> String {
     if ratios.is_empty() {
         return format!("\n{a} vs {b}: not both present\n");
     }
-    let mut s = format!("\n{a} vs {b} (ratio {a}/{b}; below 1 = {a} is better):\n\n| figure | {a} | {b} | ratio |\n|---|---|---|---|\n");
+    let mut s = format!("\n{a} vs {b} (ratio {a}/{b}; below 1 = {a} is better, except ↑ figures):\n\n| figure | {a} | {b} | ratio |\n|---|---|---|---|\n");
     for r in ratios {
         s.push_str(&format!(
             "| {} | {} | {} | {} |\n",
@@ -160,6 +186,29 @@ pub fn pair_markdown(a: &str, b: &str, ratios: &[Ratio]) -> String {
         ));
     }
     s
+}
+
+/// For a pair of sweeps: how far each side's `max_viewers` is a bound rather than a measurement.
+pub fn sweep_pair_note(doc: &Value, a: &str, b: &str) -> Option<String> {
+    let find = |n: &str| doc["runs"].as_array().and_then(|r| r.iter().find(|x| x["name"] == n)).map(|x| x["result"].clone());
+    let (ra, rb) = (find(a)?, find(b)?);
+    if ra["scenario"] != "sweep" || rb["scenario"] != "sweep" {
+        return None;
+    }
+    let bound = |r: &Value| match r["limited_by"].as_str() {
+        Some("harness") => "a lower bound: the harness saturated first",
+        Some("max") => "a lower bound: the sweep's --max",
+        _ => "the server's limit",
+    };
+    Some(format!(
+        "\nmax viewers with loss ≤ 1 %: {a} {} ({}), {b} {} ({}).\n- {}\n- {}\n",
+        ra["max_viewers"],
+        bound(&ra),
+        rb["max_viewers"],
+        bound(&rb),
+        ra["verdict"].as_str().unwrap_or(""),
+        rb["verdict"].as_str().unwrap_or("")
+    ))
 }
 
 /// One compared figure.
@@ -181,7 +230,7 @@ pub fn compare(old: &Value, new: &Value) -> Result<Vec<Ratio>, ReportError> {
     for n in runs(new, "the new file")? {
         let name = n["name"].as_str().unwrap_or("?");
         let Some(o) = old_runs.iter().find(|o| o["name"] == n["name"]) else { continue };
-        for &(figure, ptr) in COMPARED {
+        for &(figure, ptr) in COMPARED.iter().chain(COMPARED_HIGHER) {
             if let (Some(a), Some(b)) = (num(&o["result"], ptr), num(&n["result"], ptr)) {
                 out.push(Ratio { run: name.to_string(), figure, old: a, new: b, ratio: (a != 0.0).then(|| b / a) });
             }
@@ -192,7 +241,7 @@ pub fn compare(old: &Value, new: &Value) -> Result<Vec<Ratio>, ReportError> {
 
 /// The comparison as a Markdown table.
 pub fn compare_markdown(old_name: &str, ratios: &[Ratio]) -> String {
-    let mut s = format!("Compared with {old_name} (new/old; below 1 is better for every figure):\n\n| run | figure | old | new | new/old |\n|---|---|---|---|---|\n");
+    let mut s = format!("Compared with {old_name} (new/old; below 1 is better, except for figures marked ↑):\n\n| run | figure | old | new | new/old |\n|---|---|---|---|---|\n");
     for r in ratios {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
@@ -248,6 +297,19 @@ mod tests {
         assert_eq!(p.iter().find(|x| x.figure == "server ns/pkt").unwrap().ratio, Some(0.25));
         assert!(pair_markdown("fanout-50", "janus-50", &p).contains("| latency p99 µs | 2000 | 8000 | 0.25 |"));
         assert!(pair(&two, "fanout-50", "nope").is_empty());
+        let sw = |n: u64, lim: &str| json!({"scenario": "sweep", "target_kind": "x", "max_viewers": n, "limited_by": lim,
+            "verdict": format!("v{n}"), "steps": [{}, {}]});
+        let mut three = doc(1.0, 1);
+        let runs = three["runs"].as_array_mut().unwrap();
+        runs.push(json!({"name": "sweep-a", "result": sw(600, "harness")}));
+        runs.push(json!({"name": "sweep-b", "result": sw(300, "server-cpu")}));
+        let p = pair(&three, "sweep-a", "sweep-b");
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].figure, p[0].ratio), ("max viewers ↑", Some(2.0)));
+        let note = sweep_pair_note(&three, "sweep-a", "sweep-b").unwrap();
+        assert!(note.contains("sweep-a 600 (a lower bound: the harness saturated first)"), "{note}");
+        assert!(markdown(&three).contains("| sweep-a | max 600 | – | – |"), "{}", markdown(&three));
+        assert!(sweep_pair_note(&three, "fanout-50", "sweep-b").is_none());
     }
 
     #[test]

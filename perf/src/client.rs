@@ -27,6 +27,7 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::probe::{self, Kind, Probe};
+use crate::raw_rtp::RawRtpStats;
 use crate::stats::ViewerStats;
 
 /// Generates the DTLS certificate every peer of the process reuses (generation costs milliseconds).
@@ -227,6 +228,11 @@ pub struct PendingPeer {
 impl PendingPeer {
     /// Starts a peer: binds a UDP socket on `local_ip`, builds an `Rtc`, and creates the SDP offer to POST.
     pub fn offer(local_ip: std::net::IpAddr, role: Role, publisher_cfg: Option<PublisherConfig>) -> Result<(Self, String), PeerError> {
+        Self::offer_codecs(local_ip, role, publisher_cfg, false)
+    }
+
+    /// [`PendingPeer::offer`], also offering H.264 when `h264` (viewers of an RTMP-fed room).
+    pub fn offer_codecs(local_ip: std::net::IpAddr, role: Role, publisher_cfg: Option<PublisherConfig>, h264: bool) -> Result<(Self, String), PeerError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
         socket.set_nonblocking(true)?;
@@ -236,6 +242,7 @@ impl PendingPeer {
             .set_dtls_cert(shared_cert())
             .clear_codecs()
             .enable_vp8(true)
+            .enable_h264(h264)
             .enable_opus(true, false)
             .build(Instant::now());
         let cand = Candidate::host(local, "udp").map_err(|e| PeerError::Candidate(e.to_string()))?;
@@ -400,7 +407,15 @@ impl Peer {
                             self.shared.first_video_ns.store(arrived.max(1), Ordering::Release);
                         }
                     }
-                    None => st.foreign_packets += 1,
+                    None => {
+                        // Media without a probe (e.g. ffmpeg via RTMP): sequence/timestamp accounting.
+                        st.foreign_packets += 1;
+                        let clock = pkt.time.frequency().get();
+                        st.raw.record(*pkt.seq_no, pkt.time.numer(), clock, arrived);
+                        if RawRtpStats::kind_of(clock) == Kind::Video && self.shared.first_video_ns.load(Ordering::Relaxed) == 0 {
+                            self.shared.first_video_ns.store(arrived.max(1), Ordering::Release);
+                        }
+                    }
                 }
             }
             Event::Closed => return Err("closed by the server".into()),

@@ -59,6 +59,8 @@ pub struct Harness {
     http: HttpClient,
     drivers: Vec<Driver>,
     local_ip: IpAddr,
+    /// Viewers also offer H.264 (for rooms fed by RTMP).
+    viewer_h264: bool,
 }
 
 impl Harness {
@@ -74,7 +76,13 @@ impl Harness {
             .map(|a| a.ip())
             .map_err(PeerError::Socket)?;
         let drivers = (0..threads.max(1)).map(|i| Driver::spawn(&format!("perf-driver-{i}"))).collect();
-        Ok(Self { http, drivers, local_ip })
+        Ok(Self { http, drivers, local_ip, viewer_h264: false })
+    }
+
+    /// Viewers joined from now on also offer H.264 (an RTMP publisher's video is H.264).
+    pub fn with_h264_viewers(mut self) -> Self {
+        self.viewer_h264 = true;
+        self
     }
 
     pub fn http(&self) -> &HttpClient {
@@ -96,7 +104,7 @@ impl Harness {
     }
 
     fn connect(&self, role: Role, room: &str, cfg: Option<PublisherConfig>) -> Result<Session, HarnessError> {
-        let (pending, offer) = PendingPeer::offer(self.local_ip, role, cfg)?;
+        let (pending, offer) = PendingPeer::offer_codecs(self.local_ip, role, cfg, self.viewer_h264 && role == Role::Viewer)?;
         let path = match role {
             Role::Publisher => format!("/whip/{room}"),
             Role::Viewer => format!("/whep/{room}"),

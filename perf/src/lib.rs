@@ -29,11 +29,15 @@ pub mod http_client;
 pub mod janus;
 pub mod janus_fanout;
 pub mod measure;
+pub mod plot;
 pub mod probe;
+pub mod raw_rtp;
 pub mod reflector;
 pub mod rooms;
+pub mod rtmp;
 pub mod server_probe;
 pub mod stats;
+pub mod sweep;
 pub mod udp_peers;
 pub mod units;
 

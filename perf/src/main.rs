@@ -11,7 +11,10 @@ use sfumato_perf::fanout::{self, FanoutConfig};
 use sfumato_perf::floor::{self, FloorConfig};
 use sfumato_perf::janus_fanout::{self, JanusFanoutConfig};
 use sfumato_perf::reflector::SendMode;
+use sfumato_perf::plot;
 use sfumato_perf::rooms::{self, RoomsConfig};
+use sfumato_perf::rtmp::{self, RtmpConfig};
+use sfumato_perf::sweep::{self, SweepPlan, SweepResult};
 use sfumato_perf::units::{parse_bitrate, parse_duration, parse_ramp};
 
 #[derive(Parser, Debug)]
@@ -39,8 +42,23 @@ enum Cmd {
     Rooms(RoomsArgs),
     /// Viewers join and leave continuously: join time, failures, session/memory leak check.
     Churn(ChurnArgs),
+    /// Max viewers with loss ≤ 1 %: one short fan-out per viewer count (sfumato, Janus or the floor).
+    Sweep(SweepArgs),
+    /// An RTMP publisher (ffmpeg, H.264 + AAC) → N WHEP viewers: join time, packet rate, loss, jitter.
+    Rtmp(RtmpArgs),
     /// Gathers scenario JSON files into one bench results file and prints its Markdown table.
     Report(ReportArgs),
+    /// Renders PNG charts of a bench results file (latency CDF, CPU per packet vs viewers).
+    Plot {
+        /// The bench results file (perf/results/<date>-bench.json).
+        results: String,
+        /// Output file prefix: writes PREFIXlatency-cdf.png and PREFIXcpu-per-packet.png.
+        #[arg(long)]
+        out_prefix: String,
+        /// A TTF font for the labels (default: DejaVu Sans or Liberation Sans from /usr/share/fonts).
+        #[arg(long)]
+        font: Option<String>,
+    },
     /// Prints new/old ratios of the key figures of two bench results files.
     Compare {
         /// The earlier results file.
@@ -246,6 +264,113 @@ struct ChurnArgs {
     out: OutputArgs,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SweepKind {
+    Sfumato,
+    Janus,
+    Floor,
+}
+
+#[derive(clap::Args, Debug)]
+struct SweepArgs {
+    /// Server base URL (for Janus its REST endpoint, e.g. http://127.0.0.1:8088/janus; unused for floor).
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    target: String,
+    /// sfumato (WHIP/WHEP), janus (streaming plugin) or floor (the built-in plain-UDP reflector).
+    #[arg(long, value_enum, default_value_t = SweepKind::Sfumato)]
+    target_kind: SweepKind,
+    #[arg(long, default_value_t = 1)]
+    janus_mountpoint: u64,
+    #[arg(long, default_value = "127.0.0.1:5004")]
+    janus_video_rtp: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:5002")]
+    janus_audio_rtp: std::net::SocketAddr,
+    /// Rooms are named PREFIX-<viewers>.
+    #[arg(long, default_value = "sweep")]
+    room_prefix: String,
+    /// First viewer count.
+    #[arg(long, default_value_t = 50)]
+    start: usize,
+    /// Increment between counts.
+    #[arg(long, default_value_t = 50)]
+    step: usize,
+    /// Last count tried.
+    #[arg(long, default_value_t = 1000)]
+    max: usize,
+    /// After the first failing count, bisect between it and the last good one down to this many viewers.
+    #[arg(long)]
+    bisect: Option<usize>,
+    /// Highest acceptable loss, in percent.
+    #[arg(long, default_value_t = 1.0)]
+    max_loss_percent: f64,
+    /// The harness counts as saturated at this % of its CPU capacity (min(--threads, CPUs allowed) × 100 %).
+    #[arg(long, default_value_t = 90.0)]
+    harness_limit: f64,
+    /// The server counts as CPU-bound at this % of one core.
+    #[arg(long, default_value_t = 95.0)]
+    server_limit: f64,
+    #[command(flatten)]
+    publisher: PublisherArgs,
+    /// Measured window per count.
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Pause between counts (the server tears the previous sessions down).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Harness threads running peers.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Floor: the reflector's CPU.
+    #[arg(long, default_value_t = 0)]
+    reflector_cpu: usize,
+    /// Server process id (CPU, RSS; needed to tell a CPU-bound server).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct RtmpArgs {
+    /// Server base URL (HTTP API: WHEP, /healthz).
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    target: String,
+    /// RTMP application URL; the room is appended.
+    #[arg(long, default_value = "rtmp://127.0.0.1:1935/live")]
+    rtmp_url: String,
+    #[arg(long, default_value = "perf-rtmp")]
+    room: String,
+    #[arg(long, default_value_t = 10)]
+    viewers: usize,
+    /// The ffmpeg binary (needs libx264).
+    #[arg(long, default_value = "ffmpeg")]
+    ffmpeg: String,
+    /// Test picture size.
+    #[arg(long, default_value = "640x360")]
+    size: String,
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Keyframe interval in frames (viewers wait for a keyframe: RTMP can't be asked for one).
+    #[arg(long, default_value_t = 30)]
+    gop: u32,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
 #[derive(clap::Args, Debug)]
 struct ReportArgs {
     /// Date written into the file (e.g. `date +%F`).
@@ -397,6 +522,148 @@ fn churn_cmd(a: ChurnArgs) -> Result<bool, String> {
     Ok(r.post_failures + r.no_video_failures == 0 && r.sessions_leaked.unwrap_or(0) == 0)
 }
 
+fn sweep_cmd(a: SweepArgs) -> Result<bool, String> {
+    let cpus = sweep::allowed_cpus();
+    let threads = a.threads.max(1);
+    let plan = SweepPlan {
+        start: a.start,
+        step: a.step,
+        max: a.max,
+        resolution: a.bisect,
+        loss_limit: a.max_loss_percent / 100.0,
+        harness_limit_percent: a.harness_limit,
+        harness_capacity_percent: 100.0 * threads.min(cpus) as f64,
+        server_limit_percent: a.server_limit,
+    };
+    let label = match a.target_kind {
+        SweepKind::Sfumato => "sfumato",
+        SweepKind::Janus => "Janus",
+        SweepKind::Floor => "floor",
+    };
+    let mut first = true;
+    let run = |n: usize| -> Result<sfumato_perf::stats::RunResult, String> {
+        if !std::mem::take(&mut first) {
+            std::thread::sleep(a.settle);
+        }
+        let publisher = a.publisher.config();
+        match a.target_kind {
+            SweepKind::Sfumato => fanout::run(&FanoutConfig {
+                target: a.target.clone(),
+                room: format!("{}-{n}", a.room_prefix),
+                viewers: n,
+                publisher,
+                duration: a.duration,
+                warmup: a.warmup,
+                threads,
+                ramp_per_s: None,
+                connect_timeout: a.connect_timeout,
+                server_pid: a.server_pid,
+                progress: false,
+            })
+            .map(|o| o.result)
+            .map_err(|e| e.to_string()),
+            SweepKind::Janus => janus_fanout::run(&JanusFanoutConfig {
+                target: a.target.clone(),
+                mountpoint: a.janus_mountpoint,
+                video_rtp: a.janus_video_rtp,
+                audio_rtp: a.janus_audio_rtp,
+                viewers: n,
+                publisher,
+                duration: a.duration,
+                warmup: a.warmup,
+                threads,
+                connect_timeout: a.connect_timeout,
+                server_pid: a.server_pid,
+                progress: false,
+            })
+            .map_err(|e| e.to_string()),
+            SweepKind::Floor => floor::run(&FloorConfig {
+                viewers: n,
+                publisher,
+                duration: a.duration,
+                warmup: a.warmup,
+                mode: SendMode::Sendmmsg,
+                reflector_cpu: Some(a.reflector_cpu),
+                harness_cpu: None,
+                progress: false,
+            })
+            .map_err(|e| e.to_string()),
+        }
+    };
+    let (steps, limit, stopped_at) = sweep::sweep(&plan, label, run);
+    let max_viewers = steps.iter().filter(|s| s.pass && !s.harness_saturated && stopped_at.is_none_or(|b| s.viewers < b)).map(|s| s.viewers).max();
+    let verdict = sweep::verdict(label, max_viewers, limit, stopped_at, &steps, plan.loss_limit);
+    let r = SweepResult {
+        scenario: "sweep",
+        target: if a.target_kind == SweepKind::Floor { "builtin-reflector".into() } else { a.target.clone() },
+        target_kind: label.to_lowercase(),
+        max_viewers,
+        limited_by: limit,
+        stopped_at,
+        verdict: verdict.clone(),
+        loss_limit: plan.loss_limit,
+        harness_capacity_percent: plan.harness_capacity_percent,
+        other_cpu_percent: steps.iter().filter_map(|s| s.other_cpu_percent).reduce(f64::max),
+        steps,
+    };
+    println!("{verdict}");
+    println!("| viewers | pass | loss % | server CPU % | server ns/pkt | harness CPU % | latency p50 / p99 µs | other CPU % |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let f = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_else(|| "–".into());
+    for s in &r.steps {
+        println!(
+            "| {} | {}{} | {:.3} | {} | {} | {} | {} / {} | {} |",
+            s.viewers,
+            if s.pass { "yes" } else { "no" },
+            if s.harness_saturated { " (harness saturated)" } else { "" },
+            s.loss_ratio * 100.0,
+            f(s.server_cpu_percent, 1),
+            f(s.server_cpu_ns_per_packet, 0),
+            f(s.harness_cpu_percent, 1),
+            s.latency_p50_us,
+            s.latency_p99_us,
+            f(s.other_cpu_percent, 1)
+        );
+    }
+    if let Some(o) = r.other_cpu_percent.filter(|o| *o > 10.0) {
+        println!("other processes used up to {o:.0}% of a core during the sweep: the limits are noisy");
+    }
+    emit(&a.out, &r, None)?;
+    Ok(max_viewers.is_some())
+}
+
+fn rtmp_cmd(a: RtmpArgs) -> Result<bool, String> {
+    let cfg = RtmpConfig {
+        target: a.target,
+        rtmp_url: a.rtmp_url,
+        room: a.room,
+        viewers: a.viewers,
+        ffmpeg: a.ffmpeg,
+        size: a.size,
+        fps: a.fps.max(1),
+        gop: a.gop.max(1),
+        duration: a.duration,
+        warmup: a.warmup,
+        connect_timeout: a.connect_timeout,
+        threads: a.threads.max(1),
+        server_pid: a.server_pid,
+        progress: !a.out.quiet,
+    };
+    let r = rtmp::run(&cfg).map_err(|e| e.to_string())?;
+    print!("{}", rtmp::summary(&r));
+    emit(&a.out, &r, None)?;
+    Ok(r.viewers_connected == r.viewers_requested)
+}
+
+fn plot_cmd(results: &str, prefix: &str, font: Option<&str>) -> Result<bool, String> {
+    let doc = bench_report::read_json(results).map_err(|e| e.to_string())?;
+    plot::load_font(font).map_err(|e| e.to_string())?;
+    for f in plot::plot_all(&doc, prefix).map_err(|e| e.to_string())? {
+        eprintln!("sfumato-perf: wrote {f}");
+    }
+    Ok(true)
+}
+
 fn report_cmd(a: ReportArgs) -> Result<bool, String> {
     let meta = a
         .meta
@@ -410,6 +677,9 @@ fn report_cmd(a: ReportArgs) -> Result<bool, String> {
         let (x, y) = p.split_once(':').ok_or(format!("--pair {p:?}: expected A:B"))?;
         let ratios = bench_report::pair(&doc, x, y);
         md.push_str(&bench_report::pair_markdown(x, y, &ratios));
+        if let Some(note) = bench_report::sweep_pair_note(&doc, x, y) {
+            md.push_str(&note);
+        }
         let by_figure: serde_json::Map<String, serde_json::Value> =
             ratios.iter().map(|r| (r.figure.to_string(), serde_json::json!(r.ratio))).collect();
         pairs.push(serde_json::json!({"a": x, "b": y, "ratio_a_over_b": by_figure}));
@@ -437,6 +707,9 @@ fn main() -> ExitCode {
         Cmd::Floor(a) => floor_cmd(a),
         Cmd::Rooms(a) => rooms_cmd(a),
         Cmd::Churn(a) => churn_cmd(a),
+        Cmd::Sweep(a) => sweep_cmd(a),
+        Cmd::Rtmp(a) => rtmp_cmd(a),
+        Cmd::Plot { results, out_prefix, font } => plot_cmd(&results, &out_prefix, font.as_deref()),
         Cmd::Report(a) => report_cmd(a),
         Cmd::Compare { old, new } => compare_cmd(&old, &new),
     };

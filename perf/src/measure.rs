@@ -6,7 +6,7 @@
 
 use hdrhistogram::Histogram;
 
-use crate::stats::{new_histogram, LatencySummary, RunResult, ViewerStats};
+use crate::stats::{cdf_points, new_histogram, LatencySummary, RunResult, ViewerStats};
 
 /// Duplicates and reordered packets a viewer has counted so far (all kinds); take it when the window
 /// opens and pass it to [`Tally::viewer`].
@@ -67,6 +67,10 @@ impl Tally {
     pub fn fill(&self, r: &mut RunResult) {
         r.viewers_connected = self.connected;
         r.latency_us = LatencySummary::of(&self.latency_us);
+        let cdf = cdf_points(&self.latency_us);
+        if !cdf.is_empty() {
+            r.extra.insert("latency_cdf_us".into(), serde_json::json!(cdf));
+        }
         r.packets_received = self.received;
         r.packets_expected = self.expected;
         r.loss_ratio = RunResult::compute_loss(self.received, self.expected);

@@ -235,6 +235,8 @@ pub struct ViewerStats {
     /// Whether a keyframe start was seen; video before it is not counted.
     pub got_keyframe: bool,
     pub switches: Vec<StreamSwitch>,
+    /// Packets without a probe (real encoder output), by RTP sequence number and timestamp.
+    pub raw: crate::raw_rtp::RawRtpStats,
 }
 
 impl Default for ViewerStats {
@@ -245,6 +247,7 @@ impl Default for ViewerStats {
             foreign_packets: 0,
             got_keyframe: false,
             switches: Vec::new(),
+            raw: Default::default(),
         }
     }
 }
@@ -361,6 +364,21 @@ impl LatencySummary {
             max: h.max(),
         }
     }
+}
+
+/// Quantiles at which [`cdf_points`] samples a latency histogram: dense in the tail.
+pub const CDF_QUANTILES: &[f64] = &[
+    0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
+    0.9999, 1.0,
+];
+
+/// `[[quantile, value], ...]` of `h` at [`CDF_QUANTILES`] (empty for an empty histogram): the latency CDF
+/// the plots draw, written as `latency_cdf_us` into results.
+pub fn cdf_points(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    CDF_QUANTILES.iter().map(|&q| [q, if q >= 1.0 { h.max() } else { h.value_at_quantile(q) } as f64]).collect()
 }
 
 /// Merges histograms (e.g. one per viewer) into one.
@@ -535,6 +553,11 @@ mod tests {
         let j = JoinSummary::of(&[5.0, 1.0, 3.0]).unwrap();
         assert_eq!((j.p50, j.max), (3.0, 5.0));
         assert!(JoinSummary::of(&[]).is_none());
+        let cdf = cdf_points(&m);
+        assert_eq!(cdf.len(), CDF_QUANTILES.len());
+        assert_eq!((cdf[0][1], cdf[cdf.len() - 1][1]), (100.0, 300.0));
+        assert!(cdf.windows(2).all(|w| w[0][1] <= w[1][1]), "monotonic");
+        assert!(cdf_points(&new_histogram()).is_empty());
         assert!((RunResult::compute_loss(99, 100) - 0.01).abs() < 1e-9);
         assert_eq!(RunResult::compute_loss(0, 0), 0.0);
     }
