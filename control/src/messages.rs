@@ -50,19 +50,25 @@ pub struct Created {
 }
 
 /// What to do with an existing resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResourceOp {
     /// DELETE: end the session.
     Delete,
-    /// PATCH (trickle ICE): only checks the resource exists; with ICE-lite the server learns the client's
-    /// addresses from its connectivity checks, so candidates need no processing.
-    Touch,
+    /// PATCH (trickle ICE, RFC 9725 §4.3): an `application/trickle-ice-sdpfrag` body with candidates, or
+    /// with new ICE credentials (ICE restart). `if_match` is the request's If-Match value, if any.
+    Patch { fragment: String, if_match: Option<String> },
 }
 
 /// Outcome of a DELETE/PATCH.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResourceOutcome {
     Done,
+    /// ICE restarted: the server's answer fragment and the resource's new ETag (without quotes).
+    IceRestarted { fragment: String, etag: String },
+    /// If-Match named another ETag than the resource's current one.
+    PreconditionFailed,
+    /// The PATCH body can't be used.
+    BadFragment(String),
     NotFound,
     /// The resource was created with a token and the request didn't present the same one.
     Forbidden,
@@ -98,12 +104,18 @@ pub enum ControlMsg {
     RtmpPublishDone { req: u64, result: Result<u64, OfferError> },
     /// To a room's home core: the RTMP publisher with this source id is gone.
     RtmpUnpublish { room: RoomKey, source: u64 },
+    /// To a room's home core: `viewer` just connected; send it the room's cached GOP (RTMP rooms).
+    GopReplay { room: RoomKey, viewer: SessionId },
+    /// To an RTMP connection's core (`--rtmp-replace`): another publisher took over `room` from `source`.
+    RtmpReplaced { room: RoomKey, source: u64 },
 }
 
 pub enum MediaMsg {
     Forward { room: RoomKey, packet: ForwardedPacket },
     /// To a room's home core: a packet from the room's RTMP publisher (on another core), to fan out.
     RtmpPacket { room: RoomKey, packet: ForwardedPacket },
+    /// To a viewer's core: the cached GOP of an RTMP room (oldest first), for that one viewer only.
+    GopReplay { room: RoomKey, viewer: SessionId, packets: Vec<ForwardedPacket> },
 }
 
 #[cfg(test)]

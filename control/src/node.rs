@@ -9,7 +9,7 @@ use sfumato_engine::{Engine, EngineConfig, Mesh, Shutdown};
 use sfumato_net::local_addrs::interface_addresses;
 use sfumato_net::udp::bind_udp;
 
-use crate::config::NodeArgs;
+use crate::config::{ClusterArgs, MediaArgs, NodeArgs};
 use crate::core_shell::{CoreLoads, CoreShell};
 use crate::core_state::CoreState;
 use crate::messages::{ControlMsg, MediaMsg};
@@ -32,6 +32,8 @@ pub enum NodeError {
     Events(std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster_start::ClusterError),
 }
 
 /// Ring sizes: control messages are rare; media rings absorb a keyframe burst for one room per core.
@@ -41,6 +43,15 @@ const MEDIA_RING: usize = 4096;
 const DEFAULT_RTMP_PORT: u16 = 1935;
 
 pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
+    run(args, None)
+}
+
+/// `sfumato media`: standalone plus the cluster (`cluster_start.rs`).
+pub fn run_media(args: MediaArgs) -> Result<(), NodeError> {
+    run(args.node, Some(args.cluster))
+}
+
+fn run(args: NodeArgs, cluster: Option<ClusterArgs>) -> Result<(), NodeError> {
     let engine = Engine::new(EngineConfig { cores: args.cores, pin: !args.no_pin, io_memory: args.io_memory })?;
     let cores = engine.cores();
     if args.webrtc_port as usize + cores > u16::MAX as usize {
@@ -84,6 +95,14 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         },
     )
     .map_err(NodeError::Events)?;
+    let cluster = match &cluster {
+        Some(c) => {
+            let plan = crate::cluster_start::ClusterPlan::new(&args, c, &node_id, &ips, cores)?;
+            plan.bind_check()?;
+            Some(Arc::new(plan))
+        }
+        None => None,
+    };
     let cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
     let control_mesh = Arc::new(Mutex::new(Mesh::<ControlMsg>::new(cores, CONTROL_RING)));
     let media_mesh = Arc::new(Mutex::new(Mesh::<MediaMsg>::new(cores, MEDIA_RING)));
@@ -97,7 +116,8 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         public_ips = ?args.public_ip,
         rtmp_port,
         ice_servers = ?ice_servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>(),
-        "sfumato standalone starting"
+        mode = if cluster.is_some() { "media" } else { "standalone" },
+        "sfumato starting"
     );
 
     let failed_flag = failed.clone();
@@ -105,6 +125,7 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
         // Taking the ring ends happens once per core at startup; the mutex never touches the data path.
         let control = control_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
         let media = media_mesh.lock().ok().and_then(|mut m| m.take(ctx.core));
+        let cluster = cluster.clone();
         let (args, ips, cert, loads, failed, auth, events, http_shared) = (
             args.clone(),
             ips.clone(),
@@ -173,15 +194,31 @@ pub fn run_standalone(args: NodeArgs) -> Result<(), NodeError> {
                     candidates.push(addr);
                 }
             }
-            let state = CoreState::new(ctx.core, ctx.cores, candidates, cert, events.clone());
+            let mut state = CoreState::new(ctx.core, ctx.cores, candidates, cert, events.clone());
+            state.set_rtmp_replace(args.rtmp_replace);
             let control_rx = control.take_receivers();
             let media_rx = media.take_receivers();
-            let shell = CoreShell::new(state, control, media, sockets, loads, auth);
+            let shell = CoreShell::new(state, control, media, sockets, loads.clone(), auth);
             shell.start(control_rx, media_rx);
+            let cluster_node = match &cluster {
+                Some(plan) => match plan.start_core(&shell, loads.clone()).await {
+                    Ok(node) => node,
+                    Err(e) => {
+                        tracing::error!(core = ctx.core, error = %e, "cluster start failed");
+                        failed.store(true, Ordering::SeqCst);
+                        ctx.shutdown.trigger();
+                        return;
+                    }
+                },
+                None => None,
+            };
             let http = glommio::spawn_local(crate::http_api::serve(shell.clone(), http_shared, listener)).detach();
             let rtmp = rtmp_listener.map(|l| glommio::spawn_local(crate::rtmp_ingest::serve(shell.clone(), l)).detach());
             tracing::info!(core = ctx.core, webrtc = ?shell.local_addrs(), "core ready");
             ctx.shutdown.wait().await;
+            if let Some(node) = cluster_node {
+                node.leave().await;
+            }
             http.cancel();
             if let Some(rtmp) = rtmp {
                 rtmp.cancel();

@@ -5,7 +5,9 @@
 //! it (secure mode; dev mode accepts a valid token too). The room's home core registers the publisher in
 //! its `RoomRouter` (one per room; a second is refused) and fans its packets out exactly like a WebRTC
 //! publisher's: packets travel there on the media ring when the connection lives on another core.
-//! RTMP can't be asked for a keyframe: viewers start on the encoder's next one (keep the GOP short).
+//! RTMP can't be asked for a keyframe: the home core keeps the current GOP and replays it to each viewer
+//! that connects (`core_rtmp.rs`). With `--rtmp-replace` a second publisher on a live key takes over and
+//! the first connection is closed; by default it is refused.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -58,6 +60,8 @@ async fn connection(shell: Rc<CoreShell>, mut stream: TcpStream) {
     let published = conn.published;
     if let Some((room, source)) = conn.publishing.take() {
         shell.rtmp_unpublish(room, source).await;
+        // A take-over notice that arrived after the connection ended.
+        shell.state.borrow_mut().rtmp_take_replaced(room, source);
     }
     let _ = stream.close().await;
     {
@@ -114,6 +118,15 @@ impl Conn {
                     }
                 }
                 Ok(Err(e)) => return format!("read error: {e}"),
+            }
+            if let Some((room, source)) = self.publishing {
+                if self.shell.state.borrow_mut().rtmp_take_replaced(room, source) {
+                    // The home core already unregistered this publisher (`--rtmp-replace`).
+                    self.publishing = None;
+                    fwd.clear();
+                    tracing::info!(core = self.shell.core(), source, "RTMP publish taken over by a new connection; closing");
+                    rtmp.close("replaced by a new publisher");
+                }
             }
             while let Some(out) = rtmp.poll_output() {
                 match out {

@@ -27,6 +27,14 @@ pub struct CoreStats {
     pub rtp_packets_skipped: u64,
     pub ring_full_drops: u64,
     pub keyframe_requests: u64,
+    /// PLI/FIR received from viewers.
+    pub keyframe_requests_received: u64,
+    /// NACKs received from viewers (retransmissions str0m answered from its send buffer).
+    pub nacks_received: u64,
+    /// NACKs sent to publishers for lost packets.
+    pub nacks_sent: u64,
+    /// ICE restarts done through PATCH.
+    pub ice_restarts: u64,
     /// Events lost because the queue to the events connector was full (node-wide; reported by core 0 only).
     pub events_queue_dropped: u64,
     /// RTMP connections open on this core (gauge).
@@ -35,6 +43,13 @@ pub struct CoreStats {
     pub rtmp_bytes_in: u64,
     /// RTMP publishes refused (bad stream key/token, room busy) or ended by the server (unsupported stream).
     pub rtmp_rejected: u64,
+    /// RTMP publishers taken over by a new connection on the same key (`--rtmp-replace`).
+    pub rtmp_replaced: u64,
+    /// Cached GOPs replayed to viewers joining an RTMP room, and the packets written by those replays.
+    pub rtmp_gop_replays: u64,
+    pub rtmp_gop_replay_packets: u64,
+    /// GOPs that outgrew the cache (not cached until the next keyframe).
+    pub rtmp_gop_overflows: u64,
     /// Server-added latency of forwarded packets: from the publisher datagram's arrival (after recv) to the
     /// viewer datagram's `sendmmsg` returning, in microseconds.
     #[serde(skip)]
@@ -88,10 +103,18 @@ impl CoreStats {
         self.rtp_packets_skipped += o.rtp_packets_skipped;
         self.ring_full_drops += o.ring_full_drops;
         self.keyframe_requests += o.keyframe_requests;
+        self.keyframe_requests_received += o.keyframe_requests_received;
+        self.nacks_received += o.nacks_received;
+        self.nacks_sent += o.nacks_sent;
+        self.ice_restarts += o.ice_restarts;
         self.events_queue_dropped += o.events_queue_dropped;
         self.rtmp_sessions += o.rtmp_sessions;
         self.rtmp_bytes_in += o.rtmp_bytes_in;
         self.rtmp_rejected += o.rtmp_rejected;
+        self.rtmp_replaced += o.rtmp_replaced;
+        self.rtmp_gop_replays += o.rtmp_gop_replays;
+        self.rtmp_gop_replay_packets += o.rtmp_gop_replay_packets;
+        self.rtmp_gop_overflows += o.rtmp_gop_overflows;
         if let Some(h) = &o.forward_latency_us {
             let mine = self.forward_latency_us.get_or_insert_with(new_latency_histogram);
             let _ = mine.add(h);
@@ -122,10 +145,18 @@ const HELP: &[(&str, &str)] = &[
     ("rtp_packets_skipped", "Forwarded RTP packets not written to a viewer (not connected, waiting for keyframe, codec mismatch)"),
     ("ring_full_drops", "Packets dropped because an inter-core media ring was full"),
     ("keyframe_requests", "Keyframe requests (PLI) sent to publishers"),
+    ("keyframe_requests_received", "Keyframe requests (PLI/FIR) received from viewers"),
+    ("nacks_received", "NACKs received from viewers (answered from the retransmission buffer)"),
+    ("nacks_sent", "NACKs sent to publishers for lost packets"),
+    ("ice_restarts", "ICE restarts done through a WHIP/WHEP PATCH"),
     ("events_queue_dropped", "Events lost because the queue to the events connector was full"),
     ("rtmp_sessions", "RTMP connections open on the core"),
     ("rtmp_bytes_in", "Bytes received on RTMP connections"),
     ("rtmp_rejected", "RTMP publishes refused or ended by the server"),
+    ("rtmp_replaced", "RTMP publishers taken over by a new publisher on the same key (--rtmp-replace)"),
+    ("rtmp_gop_replays", "Cached GOPs replayed to viewers joining an RTMP room"),
+    ("rtmp_gop_replay_packets", "RTP packets written to viewers by GOP replays"),
+    ("rtmp_gop_overflows", "RTMP GOPs too large for the cache (not cached until the next keyframe)"),
 ];
 
 /// Prometheus text for the per-core stats: `sfumato_<field>{core="N"}`, counters suffixed `_total`.

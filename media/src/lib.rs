@@ -5,9 +5,11 @@
 //! - [`room`]: room directory on the home core, viewer lists per core.
 //! - [`seq_rewrite`]: per-viewer sequence/timestamp continuity across publishers.
 //! - [`keyframe`]: keyframe detection per codec.
+//! - [`gop_cache`]: the current GOP of an RTMP-fed room, replayed to viewers that join (instant start).
 //! - [`stun`]: STUN USERNAME parsing to route first packets to their session.
 //! - [`packet`]: the shared forwarded packet.
 
+pub mod gop_cache;
 pub mod keyframe;
 pub mod packet;
 pub mod room;

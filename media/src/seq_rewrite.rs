@@ -70,6 +70,11 @@ impl SeqRewriter {
         Ok(Rewritten { seq: out_seq, timestamp: out_ts })
     }
 
+    /// The source currently mapped (video: the one whose keyframe started the output), if any.
+    pub fn source(&self) -> Option<u64> {
+        self.source
+    }
+
     fn rebase(&mut self, source: u64, seq: u64, timestamp: u32, clock_rate: u32, now: Instant) {
         self.source = Some(source);
         self.base_in_seq = seq;

@@ -14,7 +14,7 @@ use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 
 use crate::packet::{Codec, ForwardedPacket, TrackKind};
 use crate::seq_rewrite::{SeqRewriter, Skip};
@@ -44,6 +44,24 @@ pub enum SessionError {
     Rtc(#[from] RtcError),
 }
 
+/// A trickle-ICE PATCH body (`application/trickle-ice-sdpfrag`, RFC 8840/9725) that can't be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TrickleError {
+    #[error("fragment has a=ice-ufrag without a=ice-pwd (or the reverse)")]
+    PartialCredentials,
+    #[error("fragment carries neither usable candidates nor ICE credentials{}", .0.as_ref().map(|e| format!(" (last bad candidate: {e})")).unwrap_or_default())]
+    Empty(Option<String>),
+}
+
+/// What a trickle-ICE PATCH did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrickleOutcome {
+    /// Remote candidates added (may be 0 for a bare `a=end-of-candidates`).
+    Candidates(usize),
+    /// The client sent new ICE credentials: ICE restarted, here is the server's answer fragment.
+    Restarted { answer_fragment: String },
+}
+
 /// What a session wants done after an input.
 #[derive(Debug)]
 pub enum SessionEvent {
@@ -55,6 +73,30 @@ pub enum SessionEvent {
     KeyframeRequested,
     /// ICE + DTLS are up: media can flow.
     Connected,
+    /// RTCP feedback counted since the previous one (from str0m's periodic stats).
+    Feedback(FeedbackDelta),
+}
+
+/// RTCP feedback a session saw between two stats events.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackDelta {
+    /// NACKs the peer sent us (a viewer asking for retransmissions).
+    pub nacks_received: u64,
+    /// PLIs + FIRs the peer sent us.
+    pub keyframe_requests_received: u64,
+    /// NACKs we sent the peer (a publisher's lost packets).
+    pub nacks_sent: u64,
+}
+
+/// How often str0m reports per-stream stats (NACK/PLI counts, RTT, loss).
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The latest link quality str0m reported for a session.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinkQuality {
+    pub rtt: Option<Duration>,
+    /// Fraction of packets lost (0..1), from the RTCP receiver reports.
+    pub loss: Option<f32>,
 }
 
 /// Why a forwarded packet was not written to a viewer (counted by the caller, never an error).
@@ -93,11 +135,24 @@ pub struct WebRtcSession {
     last_keyframe_ask: Option<Instant>,
     /// Viewer: one outgoing track per kind.
     viewer_tracks: Vec<ViewerTrack>,
+    /// The client's ICE credentials (from the offer, then from ICE restarts).
+    remote_ice: Option<IceCreds>,
+    /// The first media section of the offer (`m=` line head, mid), echoed in ICE-restart answers.
+    first_section: Option<(String, String)>,
+    /// Host candidates this session advertises.
+    local_candidates: Vec<SocketAddr>,
+    /// Bumped by every ICE restart (part of the resource's ETag).
+    ice_generation: u32,
+    /// The local address the peer's last accepted datagram arrived on (the path in use).
+    path_local: Option<SocketAddr>,
+    /// Cumulative NACK/PLI/FIR counts per (mid, direction) at the last stats event: (nacks, plis + firs).
+    feedback_seen: Vec<(Mid, bool, u64, u64)>,
+    quality: LinkQuality,
 }
 
 /// Builds the Rtc configuration shared by both roles.
 fn new_rtc(now: Instant, cert: Option<DtlsCert>) -> Rtc {
-    let mut cfg = Rtc::builder().set_rtp_mode(true).set_ice_lite(true);
+    let mut cfg = Rtc::builder().set_rtp_mode(true).set_ice_lite(true).set_stats_interval(Some(STATS_INTERVAL));
     if let Some(cert) = cert {
         cfg = cfg.set_dtls_cert(cert);
     }
@@ -125,6 +180,28 @@ fn offered_mids(sdp: &str) -> Vec<(String, TrackKind)> {
         }
     }
     out
+}
+
+/// The session-level (or first media-level) ICE credentials of an offer, and its first media section's
+/// `m=` line and mid.
+fn offer_ice_and_first_section(sdp: &str) -> (Option<IceCreds>, Option<(String, String)>) {
+    let (mut ufrag, mut pwd, mut m_line, mut first) = (None, None, None, None);
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
+            ufrag.get_or_insert_with(|| v.to_string());
+        } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
+            pwd.get_or_insert_with(|| v.to_string());
+        } else if line.starts_with("m=") && m_line.is_none() {
+            m_line = Some(line.to_string());
+        } else if let (Some(mid), Some(m), None) = (line.strip_prefix("a=mid:"), &m_line, &first) {
+            first = Some((m.clone(), mid.to_string()));
+        }
+    }
+    let creds = match (ufrag, pwd) {
+        (Some(ufrag), Some(pass)) => Some(IceCreds { ufrag, pass }),
+        _ => None,
+    };
+    (creds, first)
 }
 
 pub fn codec_of(params: &PayloadParams) -> Option<Codec> {
@@ -193,6 +270,7 @@ impl WebRtcSession {
             }));
         }
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let (remote_ice, first_section) = offer_ice_and_first_section(offer_sdp);
         let mut session = WebRtcSession {
             rtc,
             role,
@@ -207,6 +285,13 @@ impl WebRtcSession {
             keyframe_wanted: false,
             last_keyframe_ask: None,
             viewer_tracks: Vec::new(),
+            remote_ice,
+            first_section,
+            local_candidates: candidates.to_vec(),
+            ice_generation: 0,
+            path_local: None,
+            feedback_seen: Vec::new(),
+            quality: LinkQuality::default(),
         };
         match role {
             Role::Publisher => session.publisher_mids = usable,
@@ -233,6 +318,95 @@ impl WebRtcSession {
         &self.local_ufrag
     }
 
+    /// How many ICE restarts this session went through (the resource's ETag changes with it).
+    pub fn ice_generation(&self) -> u32 {
+        self.ice_generation
+    }
+
+    /// Applies a trickle-ICE PATCH fragment. Candidates are added to str0m's agent (with ICE-lite they only
+    /// widen what the server accepts; the client's checks still pick the path). A fragment with ICE
+    /// credentials different from the current ones is an ICE restart (RFC 9725 §4.4.1): new local
+    /// credentials are made, the session's local ufrag changes (the caller must re-register it) and the
+    /// answer fragment is returned.
+    pub fn apply_trickle(&mut self, fragment: &str) -> Result<TrickleOutcome, TrickleError> {
+        let mut ufrag = None;
+        let mut pwd = None;
+        let mut candidates = Vec::new();
+        let mut end_of_candidates = false;
+        let mut bad_candidate = None;
+        for line in fragment.lines().map(str::trim) {
+            if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
+                ufrag = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
+                pwd = Some(v.to_string());
+            } else if let Some(c) = line.strip_prefix("a=") {
+                if c.starts_with("candidate:") {
+                    // Candidates we can't use (mDNS `.local` names, TCP, garbage) are ignored, as RFC 8838
+                    // asks of a receiver; the client's connectivity checks decide anyway.
+                    match Candidate::from_sdp_string(c) {
+                        Ok(cand) => candidates.push(cand),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "ignoring trickled candidate");
+                            bad_candidate = Some(e.to_string());
+                        }
+                    }
+                } else if c == "end-of-candidates" {
+                    end_of_candidates = true;
+                }
+            }
+        }
+        let creds = match (ufrag, pwd) {
+            (Some(ufrag), Some(pass)) => Some(IceCreds { ufrag, pass }),
+            (None, None) => None,
+            _ => return Err(TrickleError::PartialCredentials),
+        };
+        if creds.is_none() && candidates.is_empty() && !end_of_candidates {
+            return Err(TrickleError::Empty(bad_candidate));
+        }
+        let restart = matches!((&creds, &self.remote_ice), (Some(new), Some(old)) if new != old);
+        let mut api = self.rtc.direct_api();
+        if restart {
+            let local = IceCreds::new();
+            api.set_local_ice_credentials(local.clone());
+            if let Some(remote) = creds.clone() {
+                api.set_remote_ice_credentials(remote);
+            }
+            self.remote_ice = creds;
+            self.local_ufrag = local.ufrag.clone();
+            self.ice_generation += 1;
+        }
+        let added = candidates.len();
+        for c in candidates {
+            self.rtc.add_remote_candidate(c);
+        }
+        if !restart {
+            return Ok(TrickleOutcome::Candidates(added));
+        }
+        let local = self.rtc.direct_api().local_ice_credentials();
+        let mut frag = format!("a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", local.ufrag, local.pass);
+        if let Some((m_line, mid)) = &self.first_section {
+            frag.push_str(&format!("{m_line}\r\na=mid:{mid}\r\n"));
+        }
+        // Only the address the peer already reaches us on, when known: it is the path that works, and some
+        // clients (npm whip-whep 1.2) mangle an answer fragment with several candidates.
+        let in_use = self.path_local.filter(|a| self.local_candidates.contains(a));
+        let advertised: Vec<SocketAddr> = match in_use {
+            Some(a) => vec![a],
+            None => self.local_candidates.clone(),
+        };
+        for (i, addr) in advertised.iter().enumerate() {
+            frag.push_str(&format!(
+                "a=candidate:{} 1 udp {} {} {} typ host\r\n",
+                i + 1,
+                2_130_706_431u32.saturating_sub(i as u32),
+                addr.ip(),
+                addr.port()
+            ));
+        }
+        frag.push_str("a=end-of-candidates\r\n");
+        Ok(TrickleOutcome::Restarted { answer_fragment: frag })
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected
     }
@@ -256,7 +430,10 @@ impl WebRtcSession {
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, local: SocketAddr, buf: &[u8]) -> bool {
         let Ok(recv) = Receive::new(Protocol::Udp, remote, local, buf) else { return false };
         match self.rtc.handle_input(Input::Receive(now, recv)) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.path_local = Some(local);
+                true
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "datagram rejected by session");
                 false
@@ -345,7 +522,45 @@ impl WebRtcSession {
                 }));
             }
             Event::KeyframeRequest(_) if self.role == Role::Viewer => out.push(SessionEvent::KeyframeRequested),
+            Event::MediaEgressStats(st) => {
+                let (nacks, kf) = self.feedback_delta(st.mid, true, st.nacks, st.plis + st.firs);
+                self.quality = LinkQuality { rtt: st.rtt.or(self.quality.rtt), loss: st.loss.or(self.quality.loss) };
+                if nacks + kf > 0 {
+                    out.push(SessionEvent::Feedback(FeedbackDelta {
+                        nacks_received: nacks,
+                        keyframe_requests_received: kf,
+                        nacks_sent: 0,
+                    }));
+                }
+            }
+            Event::MediaIngressStats(st) => {
+                let (nacks, _) = self.feedback_delta(st.mid, false, st.nacks, st.plis + st.firs);
+                self.quality = LinkQuality { rtt: st.rtt.or(self.quality.rtt), loss: st.loss.or(self.quality.loss) };
+                if nacks > 0 {
+                    out.push(SessionEvent::Feedback(FeedbackDelta { nacks_sent: nacks, ..Default::default() }));
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// The latest RTT and loss str0m reported.
+    pub fn link_quality(&self) -> LinkQuality {
+        self.quality
+    }
+
+    /// Turns cumulative counters of one stream into increases since the last report.
+    fn feedback_delta(&mut self, mid: Mid, egress: bool, nacks: u64, keyframes: u64) -> (u64, u64) {
+        match self.feedback_seen.iter_mut().find(|(m, e, _, _)| *m == mid && *e == egress) {
+            Some(seen) => {
+                let d = (nacks.saturating_sub(seen.2), keyframes.saturating_sub(seen.3));
+                (seen.2, seen.3) = (nacks, keyframes);
+                d
+            }
+            None => {
+                self.feedback_seen.push((mid, egress, nacks, keyframes));
+                (nacks, keyframes)
+            }
         }
     }
 
@@ -409,6 +624,15 @@ impl WebRtcSession {
             Some((pt, source, out)) if pt == pt_in && source == pkt.source => out,
             _ => {
                 let out = self.match_viewer_params(self.viewer_tracks[idx].mid, &pkt.params);
+                if out.is_none() {
+                    // Once per publisher codec change, not per packet: this viewer gets no media of this kind.
+                    tracing::warn!(
+                        ufrag = %self.local_ufrag,
+                        codec = ?pkt.codec,
+                        fmtp = ?pkt.params.spec().format,
+                        "viewer did not negotiate the publisher's codec/profile: its packets are skipped"
+                    );
+                }
                 self.viewer_tracks[idx].pt_map = Some((pt_in, pkt.source, out));
                 out
             }
@@ -428,6 +652,12 @@ impl WebRtcSession {
             .nackable(kind == TrackKind::Video);
         tx.write_rtp(write);
         Ok(())
+    }
+
+    /// Viewer: the source its `kind` track currently forwards (video: since that source's keyframe), if any.
+    /// A GOP replay is only written to a track that hasn't started on the replayed source yet.
+    pub fn forwarding_source(&self, kind: TrackKind) -> Option<u64> {
+        self.viewer_tracks.iter().find(|t| t.kind == kind).and_then(|t| t.rewriter.source())
     }
 
     /// The viewer's negotiated payload params on `mid` that best match the publisher's.
@@ -451,6 +681,53 @@ mod tests {
     fn reads_mids_from_offer_text() {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
         assert_eq!(offered_mids(sdp), vec![("0".into(), TrackKind::Audio), ("1".into(), TrackKind::Video)]);
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\na=rtpmap:96 VP8/90000\r\na=ssrc:1 cname:x\r\n";
+
+    fn publisher() -> WebRtcSession {
+        let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+        WebRtcSession::accept(Role::Publisher, OFFER, &[addr], None, Instant::now()).unwrap().0
+    }
+
+    #[test]
+    fn trickle_adds_candidates_without_restart() {
+        let mut s = publisher();
+        let ufrag = s.local_ufrag().to_string();
+        let frag = "a=ice-ufrag:abcd\r\na=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+            a=candidate:1 1 udp 2130706431 192.0.2.7 50000 typ host\r\na=end-of-candidates\r\n";
+        assert_eq!(s.apply_trickle(frag), Ok(TrickleOutcome::Candidates(1)));
+        assert_eq!(s.local_ufrag(), ufrag);
+        assert_eq!(s.ice_generation(), 0);
+    }
+
+    #[test]
+    fn new_credentials_restart_ice() {
+        let mut s = publisher();
+        let old = s.local_ufrag().to_string();
+        let frag = "a=ice-ufrag:wxyz\r\na=ice-pwd:bbbbbbbbbbbbbbbbbbbbbbbb\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n";
+        let TrickleOutcome::Restarted { answer_fragment } = s.apply_trickle(frag).unwrap() else { panic!("no restart") };
+        assert_ne!(s.local_ufrag(), old);
+        assert!(answer_fragment.contains(&format!("a=ice-ufrag:{}\r\n", s.local_ufrag())), "{answer_fragment}");
+        assert!(answer_fragment.contains("a=mid:0") && answer_fragment.contains("typ host"), "{answer_fragment}");
+        assert_eq!(s.ice_generation(), 1);
+        // The same credentials again are plain trickle.
+        assert_eq!(s.apply_trickle(frag), Ok(TrickleOutcome::Candidates(0)));
+    }
+
+    #[test]
+    fn bad_fragments_are_refused() {
+        let mut s = publisher();
+        assert_eq!(s.apply_trickle("a=ice-ufrag:only\r\n"), Err(TrickleError::PartialCredentials));
+        assert_eq!(s.apply_trickle("hello"), Err(TrickleError::Empty(None)));
+        assert!(matches!(s.apply_trickle("a=candidate:garbage\r\n"), Err(TrickleError::Empty(Some(_)))));
+        // An unusable candidate next to a good one is skipped.
+        let frag = "a=candidate:1 1 udp 1 host.local 5000 typ host\r\na=candidate:2 1 udp 1 192.0.2.1 5000 typ host\r\n";
+        assert_eq!(s.apply_trickle(frag), Ok(TrickleOutcome::Candidates(1)));
     }
 
     #[test]

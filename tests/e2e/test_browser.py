@@ -327,3 +327,58 @@ def test_aiortc_publisher_chromium_watcher(dev_server, codec):
         await wait_sessions(base, 0, timeout=10)
 
     asyncio.run(run())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_chromium_watches_rtmp_room(request, monkeypatch):
+    """ffmpeg publishes over RTMP (keyframes 8 s apart), Chromium watches with the demo page mid-GOP: the cached
+    GOP starts it at once (well before the next keyframe) and framesDecoded grows at the live rate."""
+    import subprocess
+
+    from conftest import free_tcp_port
+
+    rtmp_port = free_tcp_port()
+    monkeypatch.delenv("SFUMATO_SECRET", raising=False)
+    request.node.add_marker(pytest.mark.server_args("--rtmp-port", str(rtmp_port)))
+    server = request.getfixturevalue("server")
+    base = server.base_url
+    room = "rtmp-to-chromium"
+    cmd = [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+        "-re", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30",
+        "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "40",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v", "baseline", "-bf", "0",
+        "-preset", "ultrafast", "-tune", "zerolatency", "-g", "250",
+        "-c:a", "aac", "-ar", "44100", "-f", "flv", f"rtmp://127.0.0.1:{rtmp_port}/live/{room}",
+    ]
+    ff = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+
+    async def run():
+        deadline = time.monotonic() + 10
+        while server.health()["publishers"] != 1:
+            assert time.monotonic() < deadline and ff.poll() is None, "ffmpeg did not publish"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # mid-GOP: the next keyframe is ~6 s away
+        async with chromium() as browser:
+            page = await new_page(browser, "viewer")
+            await open_demo_from_server(page, base, f"?room={room}")
+            t0 = time.monotonic()
+            await page.click("#watch")
+            await wait_state(page, "whep")
+            await wait_frames(page, 1, timeout=4.0)
+            first = time.monotonic() - t0
+            st = await assert_frames_grow(page, min_fps=20.0)  # ffmpeg sends 30 fps
+            print(f"Chromium: first frame decoded {first * 1000:.0f} ms after Watch; {st}")
+            assert (st["width"], st["height"]) == (640, 360), st
+            assert st["codec"] and st["codec"].lower() == "video/h264", st
+            assert server.health()["stats"]["rtmp_gop_replays"] >= 1
+            await page.click("#stop")
+            await wait_sessions(base, 0, timeout=10)
+
+    try:
+        asyncio.run(run())
+    finally:
+        if ff.poll() is None:
+            ff.terminate()
+            ff.wait(timeout=5)

@@ -413,6 +413,60 @@ def test_lifecycle_events_in_order(evserver, nats):
     assert not sub.errors, sub.errors
 
 
+RTMP_PORT = free_tcp_port()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.server_args("--rtmp-port", str(RTMP_PORT))
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_rtmp_publisher_events(evserver, nats):
+    """An RTMP publisher has the same story as a WebRTC one, with transport "rtmp"."""
+    sub = NatsClient(nats.port)
+    sub.subscribe(SUBJECTS)
+    room = "ev-rtmp"
+    cmd = [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+        "-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30",
+        "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "30",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v", "baseline", "-bf", "0",
+        "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30",
+        "-c:a", "aac", "-ar", "44100", "-f", "flv", f"rtmp://127.0.0.1:{RTMP_PORT}/live/{room}",
+    ]
+
+    async def run():
+        t0_ms = int(time.time() * 1000)
+        ff = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            await until(lambda: has(sub.events(), room, "track.started(audio)") and has(sub.events(), room, "track.started(video)"),
+                        15, lambda: f"track.started x2; got {[label(e) for e in sub.events()]}")
+        finally:
+            ff.terminate()  # ffmpeg unpublishes and closes
+            ff.wait(timeout=10)
+        await until(lambda: has(sub.events(), room, "room.destroyed"), 10,
+                    lambda: f"room.destroyed; got {[label(e) for e in sub.events()]}")
+        await asyncio.sleep(0.3)
+        evs = lifecycle(sub.events(), room)
+        labels = [label(e) for e in evs]
+        print("events:", labels)
+        for e in evs:
+            check_fields(e, room, t0_ms)
+        assert labels[:2] == ["room.created", "peer.joined(publisher)"], labels
+        assert set(labels[2:4]) == {"track.started(audio)", "track.started(video)"}, labels
+        assert set(labels[4:6]) == {"track.stopped(audio)", "track.stopped(video)"}, labels
+        assert labels[6:] == ["peer.left(publisher)", "room.destroyed"], labels
+        pub = evs[1]["session"]
+        assert all(e["session"] == pub for e in evs[1:7]), evs
+        assert all(e["data"]["transport"] == "rtmp" for e in evs[1:7]), evs
+        codecs = {e["data"]["kind"]: e["data"]["codec"] for e in evs if e["kind"] == "track.started"}
+        assert codecs == {"audio": "Opus", "video": "H264"}, codecs
+
+    try:
+        asyncio.run(run())
+    finally:
+        sub.close()
+    assert not sub.errors, sub.errors
+
+
 @pytest.mark.timeout(90)
 def test_session_stats_every_5s(evserver, nats):
     sub = NatsClient(nats.port)

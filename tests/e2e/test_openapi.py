@@ -182,7 +182,9 @@ def token(base: str, kind: str, room: str, secret: str) -> str:
     return r.json()["data"]["token"]
 
 
-TRICKLE_FRAG = "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=end-of-candidates\r\n"
+# No ICE credentials: plain trickle (204). With credentials other than the offer's: an ICE restart (200).
+TRICKLE_FRAG = "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=end-of-candidates\r\n"
+RESTART_FRAG = "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n"
 
 
 # ------------------------------------------------------------- the spec itself ---
@@ -328,6 +330,9 @@ def test_every_operation_answers_as_documented(dev_server, spec):
         r = httpx.patch(loc, content=TRICKLE_FRAG, headers={"Content-Type": TRICKLE_CT}, timeout=10)
         assert r.status_code == 204, (loc, r.status_code, r.text)
         check_response(spec, "PATCH", spec_path, r)
+        r = httpx.patch(loc, content=RESTART_FRAG, headers={"Content-Type": TRICKLE_CT, "If-Match": "*"}, timeout=10)
+        assert r.status_code == 200 and "a=ice-ufrag:" in r.text and r.headers.get("etag"), (loc, r.status_code, r.text)
+        check_response(spec, "PATCH", spec_path, r)
         r = httpx.delete(loc, timeout=10)
         assert r.status_code == 200, (loc, r.status_code, r.text)
         check_response(spec, "DELETE", spec_path, r)
@@ -415,6 +420,8 @@ def test_documented_errors(secure_server, spec):
             ("PATCH", path, f"/{kind}/conn/doesnotexist", {"content": frag, "headers": auth(own[kind], TRICKLE_CT)}, 404),
             ("PATCH", path, loc[kind], {"content": frag, "headers": auth(own[kind], SDP_CT)}, 415),
             ("PATCH", path, loc[kind], {"content": "a" * 70000, "headers": auth(own[kind], TRICKLE_CT)}, 413),
+            ("PATCH", path, loc[kind], {"content": "hello", "headers": auth(own[kind], TRICKLE_CT)}, 400),
+            ("PATCH", path, loc[kind], {"content": frag, "headers": {**auth(own[kind], TRICKLE_CT), "If-Match": '"stale"'}}, 412),
         ]
     covered = set()
     for method, path, url, kw, want in cases:

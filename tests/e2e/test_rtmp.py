@@ -1,8 +1,12 @@
-"""RTMP ingest: ffmpeg publishes H.264 + AAC over RTMP, an aiortc WHEP viewer watches (H.264 + Opus)."""
+"""RTMP ingest: ffmpeg (and GStreamer) publish H.264 + AAC over RTMP, an aiortc WHEP viewer watches (H.264 + Opus).
+
+Also: the GOP cache (a viewer joining mid-GOP starts at once), publisher reconnect and `--rtmp-replace`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -25,13 +29,13 @@ pytestmark = [
 ]
 
 
-def ffmpeg_publish(room: str, *video_args: str, seconds: float = 30) -> subprocess.Popen:
+def ffmpeg_publish(room: str, *video_args: str, seconds: float = 30, gop: int = 30) -> subprocess.Popen:
     cmd = [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
         "-re", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30",
         "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
         "-t", str(seconds),
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", *video_args, "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", *video_args, "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(gop),
         "-c:a", "aac", "-ar", "44100",
         "-f", "flv", f"rtmp://127.0.0.1:{RTMP_PORT}/live/{room}",
     ]
@@ -199,3 +203,187 @@ async def _rtmp_secure_mode_needs_rtmp_token(server):
         assert "rtmp-secure" in server.log_text()
     finally:
         stop(ff)
+
+
+BASELINE = ("-profile:v", "baseline", "-bf", "0")
+
+
+def median(xs: list) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+@pytest.mark.timeout(120)
+def test_rtmp_gop_cache_instant_start(server):
+    asyncio.run(_rtmp_gop_cache_instant_start(server))
+
+
+async def _rtmp_gop_cache_instant_start(server):
+    """-g 250 at 30 fps: keyframes 8.3 s apart. Viewers joining 2-6 s into a GOP start from the cached GOP
+    at once instead of waiting for the next keyframe; then they play live with no duplicate or gap."""
+    room = "rtmp-gop"
+    ff = ffmpeg_publish(room, *BASELINE, gop=250, seconds=40)
+    viewers = []
+    try:
+        await wait_publishers(server.base_url, 1, timeout=10)
+        await asyncio.sleep(2.0)  # well into the first GOP
+        post_to_key, post_to_frame, connected_to_key = [], [], []
+        for _ in range(5):
+            v = await play(server.base_url, room)
+            viewers.append(v)
+            await v.stats.wait_video_frames(1, timeout=3)  # the next keyframe is > 2 s away
+            s = v.stats
+            assert s.first_keyframe_rtp is not None and s.first_video_rtp == s.first_keyframe_rtp, s.summary()
+            post_to_key.append((s.first_keyframe_rtp - s.post_time) * 1000)
+            post_to_frame.append((s.video_times[0] - s.post_time) * 1000)
+            if s.connected_time is not None:
+                connected_to_key.append((s.first_keyframe_rtp - s.connected_time) * 1000)
+            await asyncio.sleep(0.5)
+        print(f"WHEP POST -> first keyframe packet (ms): {[round(x, 1) for x in post_to_key]} median {median(post_to_key):.1f}; "
+              f"-> first decoded frame: median {median(post_to_frame):.1f}; "
+              f"client 'connected' -> first keyframe packet: {[round(x, 1) for x in connected_to_key]}; load {os.getloadavg()}")
+        # After the replay the viewers play live: 30 fps, timestamps only forward.
+        await asyncio.sleep(3.0)
+        end = time.monotonic()
+        for v in viewers:
+            info = v.stats.summary()
+            assert v.stats.video_fps(2.0, end) >= MIN_FPS, info
+            assert v.stats.video_pts_regressions == 0, info
+            assert v.stats.max_video_gap(2.0, end) < 0.5, info
+            # The first viewer joined ~60 frames into the GOP: they were all replayed and decoded.
+            assert v.stats.video_frames >= 60 + 2.5 * MIN_FPS, info
+        h = await healthz(server.base_url)
+        assert h["stats"]["rtmp_gop_replays"] >= 5, h["stats"]
+        assert h["stats"]["rtmp_gop_replay_packets"] > 0, h["stats"]
+        assert median(post_to_key) < 1000, post_to_key
+    finally:
+        for v in viewers:
+            await delete(server.base_url, v.location)
+            await v.close()
+        stop(ff)
+
+
+@pytest.mark.timeout(120)
+def test_rtmp_publisher_reconnect_viewer_resumes(server):
+    asyncio.run(_rtmp_publisher_reconnect_viewer_resumes(server))
+
+
+async def _rtmp_publisher_reconnect_viewer_resumes(server):
+    room = "rtmp-reconnect"
+    first = ffmpeg_publish(room, *BASELINE)
+    second = None
+    viewer = None
+    try:
+        await wait_publishers(server.base_url, 1, timeout=10)
+        viewer = await play(server.base_url, room)
+        await viewer.stats.wait_video_frames(30, timeout=15)
+        first.kill()  # no unpublish: the server notices the closed connection
+        first.wait(timeout=5)
+        await wait_publishers(server.base_url, 0, timeout=10)
+        before = viewer.stats.video_frames
+        second = ffmpeg_publish(room, *BASELINE)
+        await wait_publishers(server.base_url, 1, timeout=10)
+        await viewer.stats.wait_video_frames(before + 60, timeout=15)
+        end = time.monotonic()
+        info = viewer.stats.summary()
+        print(f"after reconnect: {info}")
+        assert viewer.pc.connectionState == "connected", info
+        assert viewer.stats.video_fps(1.5, end) >= MIN_FPS, info
+        assert viewer.stats.video_pts_regressions == 0, info  # timestamps continue forward across publishers
+        assert "audio" not in viewer.stats.ended and "video" not in viewer.stats.ended, info
+        await viewer.stats.wait_audio_frames(viewer.stats.audio_frames + 25, timeout=5)
+    finally:
+        if viewer is not None:
+            await delete(server.base_url, viewer.location)
+            await viewer.close()
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.server_args("--rtmp-port", str(RTMP_PORT), "--rtmp-replace")
+def test_rtmp_replace_takes_over(server):
+    asyncio.run(_rtmp_replace_takes_over(server))
+
+
+async def _rtmp_replace_takes_over(server):
+    room = "rtmp-replace"
+    first = ffmpeg_publish(room, *BASELINE)
+    second = None
+    viewer = None
+    try:
+        await wait_publishers(server.base_url, 1, timeout=10)
+        viewer = await play(server.base_url, room)
+        await viewer.stats.wait_video_frames(30, timeout=15)
+        second = ffmpeg_publish(room, *BASELINE)
+        # The first connection is closed by the server: ffmpeg ends with an error.
+        rc = await asyncio.to_thread(first.wait, 15)
+        out = stop(first)
+        assert rc != 0, out
+        before = viewer.stats.video_frames
+        await viewer.stats.wait_video_frames(before + 60, timeout=15)
+        assert second.poll() is None, stop(second)
+        h = await healthz(server.base_url)
+        assert h["publishers"] == 1 and h["stats"]["rtmp_replaced"] == 1, h["stats"]
+        assert h["stats"]["rtmp_sessions"] == 1, h["stats"]
+        assert viewer.stats.video_pts_regressions == 0, viewer.stats.summary()
+        assert "replaced by a new publisher" in server.log_text()
+    finally:
+        if viewer is not None:
+            await delete(server.base_url, viewer.location)
+            await viewer.close()
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+def gst_publish(room: str, seconds: float = 30) -> subprocess.Popen:
+    """GStreamer: videotestsrc -> x264 (no B-frames) + audiotestsrc -> AAC (voaacenc), flvmux ! rtmp2sink."""
+    frames = int(seconds * 30)
+    pipeline = (
+        f"videotestsrc is-live=true num-buffers={frames} ! video/x-raw,width=640,height=360,framerate=30/1 "
+        "! x264enc tune=zerolatency bframes=0 key-int-max=30 speed-preset=ultrafast "
+        "! video/x-h264,profile=constrained-baseline ! h264parse ! queue ! flvmux name=m streamable=true "
+        f"! rtmp2sink location=rtmp://127.0.0.1:{RTMP_PORT}/live/{room} "
+        "audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=44100,channels=2 ! audioconvert "
+        "! voaacenc bitrate=128000 ! aacparse ! queue ! m."
+    )
+    cmd = ["gst-launch-1.0", "-q", "-e", *pipeline.split()]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("gst-launch-1.0") is None, reason="gstreamer1.0-tools not installed (scripts/test.sh installs it)")
+def test_gstreamer_rtmp_publish_whep_play(server):
+    asyncio.run(_gstreamer_rtmp_publish_whep_play(server))
+
+
+async def _gstreamer_rtmp_publish_whep_play(server):
+    room = "rtmp-gst"
+    gst = gst_publish(room)
+    viewer = None
+    try:
+        try:
+            await wait_publishers(server.base_url, 1, timeout=10)
+        except TimeoutError:
+            raise AssertionError(f"GStreamer did not publish: {stop(gst)}") from None
+        viewer = await play(server.base_url, room)
+        await viewer.stats.wait_video_frames(30, timeout=15)
+        await viewer.stats.wait_audio_frames(25, timeout=10)
+        await asyncio.sleep(4.0)
+        end = time.monotonic()
+        info = f"fps={viewer.stats.video_fps(3.0, end):.1f} {viewer.stats.summary()}"
+        print(info)
+        assert gst.poll() is None, f"gst-launch ended early: {stop(gst)}"
+        assert viewer.stats.video_fps(3.0, end) >= MIN_FPS, info
+        assert viewer.stats.video_sizes == {(640, 360)}, info
+        assert viewer.stats.audio_seconds(3.0, end) > 1.5, info
+        h = await healthz(server.base_url)
+        assert h["stats"]["rtmp_rejected"] == 0, h["stats"]
+    finally:
+        if viewer is not None:
+            await delete(server.base_url, viewer.location)
+            await viewer.close()
+        stop(gst)

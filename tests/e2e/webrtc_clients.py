@@ -205,6 +205,11 @@ class PlayStats:
     video_pts_regressions: int = 0
     _last_video_pts: Optional[int] = None
     ended: list = field(default_factory=list)
+    # time.monotonic() of: the WHEP POST, the first video RTP packet, the first H.264 keyframe start packet
+    post_time: Optional[float] = None
+    first_video_rtp: Optional[float] = None
+    first_keyframe_rtp: Optional[float] = None
+    connected_time: Optional[float] = None  # connectionState became "connected" (ICE + DTLS done)
 
     @property
     def video_frames(self) -> int:
@@ -345,11 +350,44 @@ def codec_preferences(kind: str, name: str, rtx: bool = True) -> list:
     return chosen
 
 
-async def _post_offer(base_url: str, path: str, pc: RTCPeerConnection) -> tuple[str, str, str]:
+def h264_keyframe_start(payload: bytes) -> bool:
+    """An RTP H.264 payload that starts a keyframe: SPS/IDR, alone, first in a STAP-A, or an FU-A start."""
+    if not payload:
+        return False
+    nal = payload[0] & 0x1F
+    if nal in (5, 7):
+        return True
+    if nal == 24 and len(payload) > 3:  # STAP-A: 2-byte size, then the first NAL
+        return (payload[3] & 0x1F) in (5, 7)
+    if nal == 28 and len(payload) > 1:  # FU-A: start bit + type
+        return bool(payload[1] & 0x80) and (payload[1] & 0x1F) == 5
+    return False
+
+
+def _watch_first_packets(receiver, stats: PlayStats) -> None:
+    """Records when the first video RTP packet and the first keyframe start arrive (before decoding)."""
+    orig = receiver._handle_rtp_packet
+
+    async def handle(packet, arrival_time_ms):
+        now = time.monotonic()
+        if stats.first_video_rtp is None:
+            stats.first_video_rtp = now
+        if stats.first_keyframe_rtp is None and h264_keyframe_start(packet.payload):
+            stats.first_keyframe_rtp = now
+        return await orig(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle
+
+
+async def _post_offer(
+    base_url: str, path: str, pc: RTCPeerConnection, stats: Optional[PlayStats] = None
+) -> tuple[str, str, str]:
     offer = await pc.createOffer()
     await pc.setLocalDescription(offer)  # aiortc completes ICE gathering here
     sdp = pc.localDescription.sdp
     url = urljoin(base_url.rstrip("/") + "/", path.lstrip("/"))
+    if stats is not None:
+        stats.post_time = time.monotonic()
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
         r = await client.post(url, content=sdp.encode(), headers={"Content-Type": SDP_CT})
     if r.status_code != 201:
@@ -414,6 +452,11 @@ async def play(
     stats = PlayStats()
     tasks: list = []
 
+    @pc.on("connectionstatechange")
+    def on_state():
+        if pc.connectionState == "connected" and stats.connected_time is None:
+            stats.connected_time = time.monotonic()
+
     @pc.on("track")
     def on_track(track):
         stats.track_kinds.append(track.kind)
@@ -424,10 +467,11 @@ async def play(
             tr = pc.addTransceiver("video", direction="recvonly")
             if video_codec:
                 tr.setCodecPreferences(codec_preferences("video", video_codec))
+            _watch_first_packets(tr.receiver, stats)
         if audio:
             tr = pc.addTransceiver("audio", direction="recvonly")
             tr.setCodecPreferences(codec_preferences("audio", "opus", rtx=False))
-        location, answer, offer = await _post_offer(base_url, f"/whep/{room}", pc)
+        location, answer, offer = await _post_offer(base_url, f"/whep/{room}", pc, stats)
     except BaseException:
         await pc.close()
         for t in tasks:
