@@ -198,7 +198,8 @@ async def a_delete(location: str, token: Optional[str]) -> httpx.Response:
 
 
 async def a_patch(location: str, token: Optional[str]) -> httpx.Response:
-    frag = "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=end-of-candidates\r\n"
+    # No ICE credentials: a plain trickle (new credentials would be an ICE restart, answered 200).
+    frag = "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=end-of-candidates\r\n"
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as c:
         return await c.patch(location, content=frag, headers={"Content-Type": TRICKLE_CT, **bearer(token)})
 
