@@ -15,7 +15,9 @@
 # (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
 # plugin, pinned like the server, with sfumato/Janus tables. Then PNG charts (latency CDF, CPU per
 # packet vs viewers) next to the results: perf/results/<date>-{latency-cdf,cpu-per-packet}.png
-# (<date>.2-... for a second run the same day).
+# (<date>.2-... for a second run the same day). Plus the cluster: `cascade-3x25` (`--quick`: `cascade-2x25`),
+# 3 (2) `sfumato media` nodes on loopback, all pinned to the server CPU with --cores 1, the publisher on
+# node a (zone z1), 25 viewers on each node (b, c: zone z2): added latency per cascade hop, link throughput.
 # Environment: BENCH_DURATION (measured window per scenario, default 10s; 5s with --quick),
 # BENCH_SWEEP ("START STEP MAX" of the sweeps, default "100 150 700"; "100 150 400" with --quick),
 # BENCH_SERVER_CPU (0), BENCH_HARNESS_CPU (1). The machine should be otherwise idle: the table's
@@ -39,7 +41,7 @@ while [ $# -gt 0 ]; do
         --no-janus) JANUS=0 ;;
         --quick) QUICK=1 ;;
         --janus-config) JANUS_CONFIG_ONLY=${2:?--janus-config needs a directory}; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -66,12 +68,14 @@ OUT_JSON=$RESULTS/$STAMP-bench.json
 OUT_MD=$RESULTS/$STAMP-bench.md
 WORK=$(mktemp -d /tmp/sfumato-bench.XXXXXX)
 SFU_PID=""
+CLUSTER_PIDS=()
 
 cleanup() {
     if [ -n "$SFU_PID" ] && kill -0 "$SFU_PID" 2>/dev/null; then
         kill "$SFU_PID" 2>/dev/null || true
         wait "$SFU_PID" 2>/dev/null || true
     fi
+    stop_cluster
 }
 trap cleanup EXIT
 
@@ -215,8 +219,61 @@ stop_server() {
     SFU_PID=""
 }
 
+# start_cluster NAME N: N `sfumato media` nodes (a, b, c) on fresh ports, like scripts/cluster.sh: a in zone
+# z1 (the publisher's; the seed), b and c in z2 (not a's zone, so their gateways keep the viewers POSTed to
+# them instead of proxying them to a; where the cluster relays one copy per zone pair, c or b is z2's relay
+# and the other one is 2 hops from a — the harness reads the hops from each node's subscriptions),
+# --cores 1, all pinned to $SERVER_CPU. Waits until every node sees the others alive. Sets CLUSTER_PIDS
+# and CLUSTER_TARGETS; up to 3 tries.
+stop_cluster() {
+    local pid
+    for pid in "${CLUSTER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${CLUSTER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    CLUSTER_PIDS=()
+}
+
+start_cluster() {
+    local name=$1 n=$2 try i ids=(a b c) ports
+    for try in 1 2 3; do
+        read -r -a ports < <(N=$n python3 -c '
+import os, socket
+keep = []
+def port(kind):
+    s = socket.socket(type=kind); s.bind(("127.0.0.1", 0)); keep.append(s); return s.getsockname()[1]
+print(*[port(k) for _ in range(int(os.environ["N"])) for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_DGRAM)])')
+        CLUSTER_PIDS=()
+        CLUSTER_TARGETS=()
+        for ((i = 0; i < n; i++)); do
+            local args=(media --node-id "${ids[$i]}" --zone "z$((i > 0 ? 2 : 1))" --cores 1 --no-pin --rtmp-port 0
+                        --http-addr 127.0.0.1 --http-port "${ports[$((3 * i))]}" --webrtc-port "${ports[$((3 * i + 1))]}"
+                        --webrtc-ips 127.0.0.1 --quic-port "${ports[$((3 * i + 2))]}" --advertise-ip 127.0.0.1)
+            [ "$i" -gt 0 ] && args+=(--seeds "127.0.0.1:${ports[2]}")
+            taskset -c "$SERVER_CPU" "$SFU_BIN" "${args[@]}" >"$WORK/sfumato-$name-${ids[$i]}.log" 2>&1 &
+            CLUSTER_PIDS+=($!)
+            CLUSTER_TARGETS+=("http://127.0.0.1:${ports[$((3 * i))]}")
+        done
+        local up=0
+        for _ in $(seq 1 150); do
+            up=1
+            for t in "${CLUSTER_TARGETS[@]}"; do
+                local alive
+                alive=$(curl -sf "$t/healthz" 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["cluster"]["members_alive"])' 2>/dev/null || echo -1)
+                if [ "$alive" != $((n - 1)) ]; then up=0; break; fi
+            done
+            [ "$up" = 1 ] && return 0
+            for pid in "${CLUSTER_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || break 2; done
+            sleep 0.1
+        done
+        stop_cluster
+        echo "bench.sh: the $n-node cluster did not come up (try $try); node a's log:" >&2
+        tail -20 "$WORK/sfumato-$name-a.log" >&2
+    done
+    return 1
+}
+
 RUNS=()
-# run NAME SERVER(0 none, 1 sfumato, rtmp = sfumato with RTMP ingest, janus) SUBCOMMAND ARGS...: runs one
+# run NAME SERVER(0 none, 1 sfumato, rtmp = sfumato with RTMP ingest, janus, clusterN = N `sfumato media`
+# nodes) SUBCOMMAND ARGS...: runs one
 # scenario; exit 1 (some viewers missing, or a sweep with no good count) is kept, exit 2 (setup error)
 # drops the scenario from the table.
 run() {
@@ -234,10 +291,15 @@ run() {
         start_janus "$name" || return 0
         extra=(--target-kind janus --target "http://127.0.0.1:$JANUS_HTTP_PORT/janus" --server-pid "$SFU_PID"
                --janus-video-rtp "127.0.0.1:$JANUS_VIDEO_PORT" --janus-audio-rtp "127.0.0.1:$JANUS_AUDIO_PORT")
+    elif [ "${server#cluster}" != "$server" ]; then
+        start_cluster "$name" "${server#cluster}" || return 0
+        extra=(--target-a "${CLUSTER_TARGETS[0]}" --target-b "${CLUSTER_TARGETS[1]}")
+        [ ${#CLUSTER_TARGETS[@]} -gt 2 ] && extra+=(--target-c "${CLUSTER_TARGETS[2]}")
+        extra+=(--server-pids "$(IFS=,; echo "${CLUSTER_PIDS[*]}")")
     fi
     local rc=0
     taskset -c "$HARNESS_CPU" "$PERF_BIN" "$@" "${extra[@]}" --quiet --json "$WORK/$name.json" >"$WORK/$name.txt" 2>"$WORK/$name.err" || rc=$?
-    if [ "$server" != 0 ]; then stop_server; fi
+    if [ "${server#cluster}" != "$server" ]; then stop_cluster; elif [ "$server" != 0 ]; then stop_server; fi
     cat "$WORK/$name.txt" >&2
     if [ "$rc" -ge 2 ] || [ ! -s "$WORK/$name.json" ]; then
         echo "bench.sh: $name failed (exit $rc):" >&2
@@ -265,6 +327,11 @@ if command -v ffmpeg >/dev/null 2>&1; then
     run rtmp-20    rtmp rtmp --room bench-rtmp --viewers 20 --duration "$DURATION" --warmup 2s
 else
     echo "bench.sh: ffmpeg not installed (apt-get install ffmpeg): no rtmp run" >&2
+fi
+if [ "$QUICK" = 1 ]; then
+    run cascade-2x25   cluster2 cascade --room bench-cascade --viewers 25 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+else
+    run cascade-3x25   cluster3 cascade --room bench-cascade --viewers 25 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 fi
 run sweep-sfumato  1 "${SWEEP[@]}"
 PAIRS=()

@@ -20,6 +20,8 @@ pub const COMPARED: &[(&str, &str)] = &[
     ("RSS/viewer B", "/server_rss_bytes_per_viewer"),
     ("failures", "/no_video_failures"),
     ("sessions leaked", "/sessions_leaked"),
+    ("hop added p50 µs", "/hop_added_latency_us/p50"),
+    ("hop added p99 µs", "/hop_added_latency_us/p99"),
 ];
 
 /// Figures for which higher is better (marked ↑ in the tables): a ratio below 1 is a regression.
@@ -116,6 +118,39 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
                 fmt(num(r, "/ffmpeg_cpu_percent"), 1),
             ),
         ),
+        Some("cascade") => {
+            let groups = r["groups"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let per_group: Vec<String> = groups.iter().map(|g| g["viewers_connected"].to_string()).collect();
+            let lat = |g: Option<&Value>| {
+                g.map(|g| format!("{} / {}", fmt(num(g, "/latency_us/p50"), 0), fmt(num(g, "/latency_us/p99"), 0))).unwrap_or_else(|| "–".into())
+            };
+            let cpus: Vec<String> = r["nodes"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .map(|n| format!("{} {}", n["node_id"].as_str().unwrap_or("?"), fmt(num(n, "/cpu_percent"), 1)))
+                .collect();
+            let signed = |p: &str| num(r, p).map(|x| format!("{x:+.0}")).unwrap_or_else(|| "–".into());
+            let deeper: String = groups.iter().skip(2).map(|g| format!(", {} hops {}", g["hops"], lat(Some(g)))).collect();
+            (
+                format!("{}/{} ({})", s("/viewers_connected"), s("/viewers_requested"), per_group.join("+")),
+                format!(
+                    "cascade, {} nodes; p50 / p99 µs: 0 hops {}, 1 hop {}{}, added per hop {} / {}; link {} pkt/s ({} copies/pkt, ~{} kbit/s est.), dropped {}; node CPU % {}",
+                    cpus.len(),
+                    lat(groups.first()),
+                    lat(groups.get(1)),
+                    deeper,
+                    signed("/hop_added_latency_us/p50"),
+                    signed("/hop_added_latency_us/p99"),
+                    fmt(num(r, "/link/packets_per_s"), 0),
+                    fmt(num(r, "/link/copies_per_packet"), 2),
+                    fmt(num(r, "/link/est_kbit_per_s"), 0),
+                    s("/link/dropped"),
+                    cpus.join(", ")
+                ),
+            )
+        }
         Some("floor") => (
             format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")),
             format!("plain UDP, {}; {:.2} datagrams/message", s("/send_mode"), num(r, "/reflector_datagrams_per_message").unwrap_or(0.0)),
@@ -310,6 +345,24 @@ mod tests {
         assert!(note.contains("sweep-a 600 (a lower bound: the harness saturated first)"), "{note}");
         assert!(markdown(&three).contains("| sweep-a | max 600 | – | – |"), "{}", markdown(&three));
         assert!(sweep_pair_note(&three, "fanout-50", "sweep-b").is_none());
+    }
+
+    #[test]
+    fn cascade_row() {
+        let g = |hops: u64, n: u64, p50: u64, p99: u64| json!({"hops": hops, "viewers_connected": n, "latency_us": {"p50": p50, "p99": p99}});
+        let r = json!({"scenario": "cascade", "viewers_connected": 40, "viewers_requested": 40, "loss_ratio": 0.0,
+            "latency_us": {"p50": 950, "p99": 3100, "max": 5000}, "server_cpu_percent": 9.5, "other_cpu_percent": 2.0,
+            "groups": [g(0, 20, 430, 1000), g(1, 20, 950, 3100)], "hop_added_latency_us": {"p50": 520, "p90": 600, "p99": 2100},
+            "link": {"packets_per_s": 340.0, "copies_per_packet": 2.0, "est_kbit_per_s": 2176.0, "dropped": 0},
+            "nodes": [{"node_id": "a", "cpu_percent": 4.0}, {"node_id": "b", "cpu_percent": 3.0}, {"node_id": "c", "cpu_percent": 2.5}]});
+        let d = json!({"runs": [{"name": "cascade-3x20", "result": r}]});
+        let md = markdown(&d);
+        assert!(md.contains("| cascade-3x20 | 40/40 (20+20) | 0.000 | 950 / 3100 / 5000 |"), "{md}");
+        assert!(md.contains("0 hops 430 / 1000, 1 hop 950 / 3100, added per hop +520 / +2100; link 340 pkt/s (2.00 copies/pkt, ~2176 kbit/s est.), dropped 0; node CPU % a 4.0, b 3.0, c 2.5"), "{md}");
+        let mut later = d.clone();
+        later["runs"][0]["result"]["hop_added_latency_us"]["p50"] = json!(260);
+        let c = compare(&d, &later).unwrap();
+        assert_eq!(c.iter().find(|x| x.figure == "hop added p50 µs").unwrap().ratio, Some(0.5));
     }
 
     #[test]

@@ -104,19 +104,23 @@ impl Harness {
     }
 
     fn connect(&self, role: Role, room: &str, cfg: Option<PublisherConfig>) -> Result<Session, HarnessError> {
+        self.connect_via(&self.http, role, room, cfg)
+    }
+
+    fn connect_via(&self, http: &HttpClient, role: Role, room: &str, cfg: Option<PublisherConfig>) -> Result<Session, HarnessError> {
         let (pending, offer) = PendingPeer::offer_codecs(self.local_ip, role, cfg, self.viewer_h264 && role == Role::Viewer)?;
         let path = match role {
             Role::Publisher => format!("/whip/{room}"),
             Role::Viewer => format!("/whep/{room}"),
         };
         let post_started = Instant::now();
-        let resp = self.http.post_sdp(&path, &offer)?;
+        let resp = http.post_sdp(&path, &offer)?;
         let post_duration = post_started.elapsed();
         let location = resp.header("location").ok_or(HarnessError::NoLocation)?.to_string();
         let peer = match pending.accept(&resp.text()) {
             Ok(p) => p,
             Err(e) => {
-                let _ = self.http.delete(&location);
+                let _ = http.delete(&location);
                 return Err(e.into());
             }
         };
@@ -150,6 +154,19 @@ impl Harness {
     /// WHEP-plays `room`.
     pub fn view(&self, room: &str) -> Result<Session, HarnessError> {
         self.connect(Role::Viewer, room, None)
+    }
+
+    /// WHEP-plays `room` through another server's HTTP API (e.g. another node of a cluster), on this
+    /// harness's driver threads, so peers of several servers share the same threads and clock.
+    pub fn view_via(&self, http: &HttpClient, room: &str) -> Result<Session, HarnessError> {
+        self.connect_via(http, Role::Viewer, room, None)
+    }
+
+    /// DELETEs a session made with [`Harness::view_via`] on the server it was made on.
+    pub fn delete_via(&self, http: &HttpClient, s: &Session) -> Result<(), HarnessError> {
+        let r = http.delete(&s.location);
+        self.drop_peer(s);
+        r.map(|_| ()).map_err(Into::into)
     }
 
     /// Tries a WHIP POST and returns the HTTP status without keeping anything (for refusal tests).

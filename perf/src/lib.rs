@@ -15,11 +15,13 @@
 //! - [`floor`]: the same fan-out over plain UDP ([`reflector`], [`udp_peers`]): the machine's floor.
 //! - [`rooms`]: R rooms × (P publishers, V viewers); [`churn`]: viewers joining and leaving, leak check.
 //! - [`janus`], [`janus_fanout`]: `fanout --target-kind janus`, the same fan-out through Janus.
+//! - [`cascade`]: publisher on one `sfumato media` node, viewers on it and on nodes cascading from it.
 //! - [`bench_report`]: the benchmark's results file, Markdown table and comparison.
 //! - [`affinity`]: CPU pinning and thread CPU clocks; [`units`]: command-line units.
 
 pub mod affinity;
 pub mod bench_report;
+pub mod cascade;
 pub mod churn;
 pub mod client;
 pub mod fanout;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sfumato_perf::bench_report;
+use sfumato_perf::cascade::{self, CascadeConfig};
 use sfumato_perf::churn::{self, ChurnConfig};
 use sfumato_perf::client::{next_stream_id, PublisherConfig};
 use sfumato_perf::fanout::{self, FanoutConfig};
@@ -46,6 +47,8 @@ enum Cmd {
     Sweep(SweepArgs),
     /// An RTMP publisher (ffmpeg, H.264 + AAC) → N WHEP viewers: join time, packet rate, loss, jitter.
     Rtmp(RtmpArgs),
+    /// Cluster cascading: publisher on node A, viewers on A (0 hops) and on B, C (1 hop): added latency per hop, link throughput.
+    Cascade(CascadeArgs),
     /// Gathers scenario JSON files into one bench results file and prints its Markdown table.
     Report(ReportArgs),
     /// Renders PNG charts of a bench results file (latency CDF, CPU per packet vs viewers).
@@ -372,6 +375,43 @@ struct RtmpArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct CascadeArgs {
+    /// HTTP API of node A (`sfumato media`): the publisher and the 0-hop viewers.
+    #[arg(long)]
+    target_a: String,
+    /// HTTP API of node B: viewers that cascade the room from A (1 hop).
+    #[arg(long)]
+    target_b: String,
+    /// HTTP API of an optional node C: more 1-hop viewers (nodes subscribe to the hosting node directly).
+    #[arg(long)]
+    target_c: Option<String>,
+    #[arg(long, default_value = "perf-cascade")]
+    room: String,
+    /// Viewers on each of B (and C).
+    #[arg(long, default_value_t = 20)]
+    viewers: usize,
+    /// Viewers on A (default: --viewers).
+    #[arg(long)]
+    viewers_a: Option<usize>,
+    #[command(flatten)]
+    publisher: PublisherArgs,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Harness threads running peers (all nodes' viewers share them).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The nodes' process ids, in the order A,B[,C]: per-node CPU and RSS from /proc.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(clap::Args, Debug)]
 struct ReportArgs {
     /// Date written into the file (e.g. `date +%F`).
     #[arg(long)]
@@ -655,6 +695,30 @@ fn rtmp_cmd(a: RtmpArgs) -> Result<bool, String> {
     Ok(r.viewers_connected == r.viewers_requested)
 }
 
+fn cascade_cmd(a: CascadeArgs) -> Result<bool, String> {
+    let targets: Vec<String> = [Some(a.target_a), Some(a.target_b), a.target_c].into_iter().flatten().collect();
+    if !a.server_pids.is_empty() && a.server_pids.len() != targets.len() {
+        return Err(format!("--server-pids: {} pids for {} nodes", a.server_pids.len(), targets.len()));
+    }
+    let cfg = CascadeConfig {
+        targets,
+        server_pids: a.server_pids,
+        room: a.room,
+        viewers: a.viewers,
+        viewers_a: a.viewers_a.unwrap_or(a.viewers),
+        publisher: a.publisher.config(),
+        duration: a.duration,
+        warmup: a.warmup,
+        connect_timeout: a.connect_timeout,
+        threads: a.threads.max(1),
+        progress: !a.out.quiet,
+    };
+    let r = cascade::run(&cfg).map_err(|e| e.to_string())?;
+    print!("{}", cascade::summary(&r));
+    emit(&a.out, &r, None)?;
+    Ok(r.viewers_connected == r.viewers_requested)
+}
+
 fn plot_cmd(results: &str, prefix: &str, font: Option<&str>) -> Result<bool, String> {
     let doc = bench_report::read_json(results).map_err(|e| e.to_string())?;
     plot::load_font(font).map_err(|e| e.to_string())?;
@@ -709,6 +773,7 @@ fn main() -> ExitCode {
         Cmd::Churn(a) => churn_cmd(a),
         Cmd::Sweep(a) => sweep_cmd(a),
         Cmd::Rtmp(a) => rtmp_cmd(a),
+        Cmd::Cascade(a) => cascade_cmd(a),
         Cmd::Plot { results, out_prefix, font } => plot_cmd(&results, &out_prefix, font.as_deref()),
         Cmd::Report(a) => report_cmd(a),
         Cmd::Compare { old, new } => compare_cmd(&old, &new),

@@ -1,4 +1,5 @@
-//! Smoke runs of the `rooms` and `churn` scenarios against a real server (a few viewers, ~2 s each).
+//! Smoke runs of the `rooms`, `churn` and `cascade` scenarios against a real server (a few viewers, ~2 s
+//! each; `cascade` starts two `sfumato media` nodes).
 //!
 //! The server binary is `target/release/sfumato` of this workspace (another package, so Cargo doesn't
 //! build it for this test): build it first with `cargo build --release -p sfumato`, or point
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sfumato_perf::cascade::{self, CascadeConfig};
 use sfumato_perf::churn::{self, ChurnConfig};
 use sfumato_perf::client::{next_stream_id, PublisherConfig};
 use sfumato_perf::http_client::HttpClient;
@@ -113,4 +115,71 @@ fn churn_smoke_has_no_leak() {
     assert_eq!(r.sessions_leaked, Some(0));
     assert!(r.join_ms.is_some_and(|j| j.max < 1500.0));
     assert!(r.server_rss_bytes_before.is_some() && r.server_rss_bytes_after.is_some());
+}
+
+/// Two `sfumato media` nodes (a: zone z1, the seed; b: zone z2), --cores 1 each, on free ports.
+fn start_cluster() -> Option<Vec<Server>> {
+    let Some(bin) = server_bin() else {
+        eprintln!("skipped: no target/release/sfumato (cargo build --release -p sfumato, or set SFUMATO_BIN)");
+        return None;
+    };
+    let tcp = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free TCP port").port();
+    let udp = || UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free UDP port").port();
+    let seed = udp();
+    let mut nodes = Vec::new();
+    for (i, (id, zone)) in [("a", "z1"), ("b", "z2")].into_iter().enumerate() {
+        let http = tcp();
+        let quic = if i == 0 { seed } else { udp() };
+        let mut cmd = Command::new(&bin);
+        cmd.args(["media", "--node-id", id, "--zone", zone, "--cores", "1", "--no-pin", "--rtmp-port", "0"])
+            .args(["--http-addr", "127.0.0.1", "--http-port", &http.to_string(), "--webrtc-port", &udp().to_string()])
+            .args(["--webrtc-ips", "127.0.0.1", "--quic-port", &quic.to_string(), "--advertise-ip", "127.0.0.1"]);
+        if i > 0 {
+            cmd.args(["--seeds", &format!("127.0.0.1:{seed}")]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start a node");
+        nodes.push(Server { child, base: format!("http://127.0.0.1:{http}") });
+    }
+    let end = Instant::now() + Duration::from_secs(15);
+    for n in &nodes {
+        let http = HttpClient::new(&n.base, Duration::from_secs(1)).expect("url");
+        while !http.get_json("/healthz").is_ok_and(|v| v["cluster"]["members_alive"] == 1) {
+            assert!(Instant::now() < end, "{} did not see the other node within 15 s", n.base);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Some(nodes)
+}
+
+#[test]
+fn cascade_smoke_one_copy_per_node() {
+    let Some(nodes) = start_cluster() else { return };
+    let cfg = CascadeConfig {
+        targets: nodes.iter().map(|n| n.base.clone()).collect(),
+        server_pids: nodes.iter().map(|n| n.child.id()).collect(),
+        room: "smoke-cascade".into(),
+        viewers: 2,
+        viewers_a: 2,
+        publisher: PublisherConfig { bitrate_bps: 300_000, stream_id: next_stream_id(), ..PublisherConfig::default() },
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(10),
+        threads: 1,
+        progress: false,
+    };
+    let r = cascade::run(&cfg).expect("cascade run");
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["scenario"], "cascade");
+    assert_eq!(r.viewers_connected, 4);
+    assert!(r.loss_ratio < 0.01, "loss {}", r.loss_ratio);
+    assert_eq!(v["viewers_misplaced"], 0, "each gateway keeps its viewers");
+    assert_eq!(v["groups"][0]["viewers_connected"], 2);
+    assert_eq!(v["groups"][1]["viewers_connected"], 2);
+    assert!(v["groups"][1]["latency_us"]["count"].as_u64().unwrap() > 0);
+    assert!(v["hop_added_latency_us"]["p50"].is_i64());
+    // One copy per packet to the one subscribing node (± packets at the window's edges).
+    let copies = v["link"]["copies_per_packet"].as_f64().unwrap();
+    assert!((0.9..1.1).contains(&copies), "copies per packet {copies}");
+    assert_eq!(v["nodes"][1]["hops"], 1);
+    assert!(v["nodes"][0]["cpu_percent"].is_f64() && v["nodes"][1]["cpu_percent"].is_f64());
 }
