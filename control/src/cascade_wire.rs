@@ -143,7 +143,7 @@ mod tests {
     use str0m::format::CodecConfig;
 
     fn vp8_params() -> PayloadParams {
-        let mut c = CodecConfig::new_with_defaults();
+        let c = CodecConfig::new_with_defaults();
         c.params().iter().copied().find(|p| p.spec().codec == str0m::format::Codec::Vp8).expect("vp8 in defaults")
     }
 

@@ -37,7 +37,7 @@ use sfumato_media::packet::ForwardedPacket;
 use sfumato_media::room::RoomKey;
 use sfumato_net::udp::{send_batch_nonblocking, Outgoing, RecvBatch};
 
-use crate::cascade::{Action, Cascade};
+use crate::cascade::{relay, Action, Cascade, Directory};
 use crate::cascade_wire;
 use crate::cluster_msg::{ClusterCtl, ClusterMedia};
 use crate::cluster_view::{ClusterCounters, ClusterShared, ClusterView, CpuMeter, ViewExport, ViewNode, ViewSubscription};
@@ -360,7 +360,7 @@ impl ClusterNode {
             match msg {
                 ClusterCtl::RoomState { room, name, local_publisher, wants_remote } => {
                     let Inner { cascade, mem, .. } = &mut *i;
-                    cascade.room_state(room, &name, local_publisher, wants_remote, |n| host_of(mem, n));
+                    cascade.room_state(room, &name, local_publisher, wants_remote, &Members(mem));
                     i.view_dirty = true;
                 }
                 ClusterCtl::KeyframeUp { room } => i.cascade.keyframe_wanted(room, now),
@@ -602,22 +602,21 @@ impl Inner {
             MembershipEvent::NodeJoined { id, incarnation, replaced } => {
                 tracing::info!(node = %id, incarnation, replaced = ?replaced, "cluster node joined");
                 if replaced.is_some() {
-                    self.cascade.node_gone(id);
+                    self.cascade.node_gone(id, &Members(&self.mem));
                 }
             }
             MembershipEvent::NodeDead { id, incarnation } => {
                 tracing::warn!(node = %id, incarnation, "cluster node dead");
-                self.cascade.node_gone(id);
+                self.cascade.node_gone(id, &Members(&self.mem));
             }
             MembershipEvent::NodeLeft { id, incarnation } => {
                 tracing::info!(node = %id, incarnation, "cluster node left");
-                self.cascade.node_gone(id);
+                self.cascade.node_gone(id, &Members(&self.mem));
             }
             MembershipEvent::NodeSuspect { id } => tracing::info!(node = %id, "cluster node suspect"),
             MembershipEvent::NodeUpdated { .. } => {}
         }
-        let Inner { cascade, mem, .. } = self;
-        cascade.reconcile(|n| host_of(mem, n));
+        self.cascade.reconcile(&Members(&self.mem));
         self.view_dirty = true;
     }
 
@@ -636,7 +635,7 @@ impl Inner {
                 self.peers.remove(&peer);
                 if self.node_peer.get(&node_id) == Some(&peer) {
                     self.node_peer.remove(&node_id);
-                    self.cascade.node_gone(&node_id);
+                    self.cascade.node_gone(&node_id, &Members(&self.mem));
                     let failed: Vec<u64> = self.signals.iter().filter(|(_, s)| s.to == node_id).map(|(id, _)| *id).collect();
                     for id in failed {
                         if let Some(s) = self.signals.remove(&id) {
@@ -661,7 +660,7 @@ impl Inner {
                             self.signal_done(s, Ok(r));
                         }
                     }
-                    other => self.cascade.on_message(&from, &other),
+                    other => self.cascade.on_message(&from, &other, now, &Members(&self.mem)),
                 }
             }
             LinkEvent::Datagram { peer, bytes } => {
@@ -770,7 +769,12 @@ impl Inner {
             subscriptions: self
                 .cascade
                 .subscriptions()
-                .map(|(room, from)| ViewSubscription { room: room.to_string(), from: from.cloned() })
+                .map(|p| ViewSubscription {
+                    room: p.room.to_string(),
+                    from: p.from.cloned(),
+                    relaying: p.relaying,
+                    viewers: p.viewers,
+                })
                 .collect(),
             exports: self
                 .cascade
@@ -781,9 +785,19 @@ impl Inner {
     }
 }
 
-/// The live node (not us) hosting `room`'s publisher.
-fn host_of(mem: &Membership, room: &str) -> Option<NodeId> {
-    mem.node_hosting(room).map(|n| n.id.clone()).filter(|id| *id != mem.local().id)
+/// Membership as cascading sees it: a room comes from the live node hosting its publisher — directly in
+/// that node's zone, elsewhere through this zone's relay for the room ([`relay::upstream`]: rendezvous
+/// hashing over this zone's live nodes, alive or suspect like [`Membership::node_hosting`], so a node that
+/// misses a heartbeat or two does not move relays around).
+struct Members<'a>(&'a Membership);
+
+impl Directory for Members<'_> {
+    fn upstream(&self, room: &str) -> Option<NodeId> {
+        let me = self.0.local();
+        let host = self.0.node_hosting(room)?;
+        let peers = self.0.members().filter(|m| m.is_live() && m.info.zone == me.zone).map(|m| &m.info.id);
+        relay::upstream(&me.id, &me.zone, room, &host.id, &host.zone, peers)
+    }
 }
 
 fn packet_kind(p: &ForwardedPacket) -> sfumato_cluster::TrackKind {

@@ -30,11 +30,16 @@ pub struct ViewNode {
     pub is_self: bool,
 }
 
-/// A cascade subscription of this node: media of `room` comes from `from`.
+/// A cascade subscription of this node: media of `room` comes from `from` (the publisher's node, or this
+/// zone's relay for the room).
 #[derive(Debug, Clone, Serialize)]
 pub struct ViewSubscription {
     pub room: String,
     pub from: Option<NodeId>,
+    /// Other nodes pull the room from this one (it is their zone's relay for it).
+    pub relaying: bool,
+    /// Viewers on this node watch it.
+    pub viewers: bool,
 }
 
 /// A node subscribed to one of our rooms, with the packets sent to it.

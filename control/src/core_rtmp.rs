@@ -147,11 +147,12 @@ impl CoreState {
         if entry.room != room || entry.session.forwarding_source(TrackKind::Video) == Some(first.source) {
             return;
         }
-        let (mut written, mut skipped) = (0u64, 0u64);
+        let (mut written, mut skipped, mut bytes) = (0u64, 0u64, 0u64);
         for p in &packets {
             match entry.session.write_forwarded(p, now) {
                 Ok(()) => {
                     written += 1;
+                    bytes += p.payload.len() as u64;
                     entry.packets += 1;
                     entry.bytes += p.payload.len() as u64;
                 }
@@ -159,10 +160,13 @@ impl CoreState {
             }
         }
         if written > 0 && entry.written_since.is_none() {
+            // Measured from the replay (the packets are old by design): `forward_latency_us`, not RTMP's.
             entry.written_since = Some(now);
+            entry.written_rtmp = false;
             self.written.push(viewer);
         }
         self.stats.rtp_packets_forwarded += written;
+        self.stats.rtp_bytes_forwarded += bytes;
         self.stats.rtp_packets_skipped += skipped;
         self.stats.rtmp_gop_replay_packets += written;
         tracing::debug!(core = self.core, viewer = viewer.0, written, skipped, "GOP replayed to viewer");

@@ -246,7 +246,7 @@ impl CoreShell {
     }
 
     async fn send_datagrams(&self, outbox: &[Datagram]) {
-        let (mut sent, mut failed) = (0u64, 0u64);
+        let (mut sent, mut failed, mut bytes) = (0u64, 0u64, 0u64);
         let mut batch: Vec<Outgoing> = Vec::with_capacity(outbox.len());
         for (i, (local, sock)) in self.sockets.iter().enumerate() {
             batch.clear();
@@ -271,10 +271,18 @@ impl CoreShell {
             }
             sent += res.sent as u64;
             failed += res.failed as u64;
+            // Bytes of what the kernel took; the rare refused datagram (skipped, counted in `failed`) is
+            // somewhere in that prefix: count its share at the prefix's average size.
+            let done = res.sent + res.failed;
+            let prefix: u64 = batch[..done].iter().map(|d| d.data.len() as u64).sum();
+            bytes += if res.failed == 0 { prefix } else { prefix * res.sent as u64 / done as u64 };
             // Socket buffer full: wait for room datagram by datagram.
-            for d in &batch[res.sent + res.failed..] {
+            for d in &batch[done..] {
                 match sock.send_to(d.data, d.to).await {
-                    Ok(_) => sent += 1,
+                    Ok(_) => {
+                        sent += 1;
+                        bytes += d.data.len() as u64;
+                    }
                     Err(_) => failed += 1,
                 }
             }
@@ -283,11 +291,15 @@ impl CoreShell {
         let done = Instant::now();
         let mut st = self.state.borrow_mut();
         st.stats.udp_datagrams_out += sent;
+        st.stats.udp_bytes_out += bytes;
         st.stats.udp_send_errors += failed + unknown;
-        let hist = st.stats.forward_latency_us.get_or_insert_with(crate::stats::new_latency_histogram);
+        let CoreStats { forward_latency_us, rtmp_forward_latency_us, .. } = &mut st.stats;
         for d in outbox {
             if let Some(origin) = d.origin {
-                hist.saturating_record(done.saturating_duration_since(origin).as_micros().max(1) as u64);
+                // RTMP packets: from the FLV message's read (`rtmp_ingest.rs`); others: from the UDP arrival.
+                let hist = if d.rtmp { &mut *rtmp_forward_latency_us } else { &mut *forward_latency_us };
+                let us = done.saturating_duration_since(origin).as_micros().max(1) as u64;
+                hist.get_or_insert_with(crate::stats::new_latency_histogram).saturating_record(us);
             }
         }
     }

@@ -49,6 +49,8 @@ struct SessionEntry {
     reported: (u64, u64, Instant),
     /// Viewer: packets were written since the last poll; the oldest one's arrival time (latency accounting).
     written_since: Option<Instant>,
+    /// Viewer: that oldest packet came from an RTMP publisher (its latency goes to `rtmp_forward_latency_us`).
+    written_rtmp: bool,
 }
 
 /// A datagram waiting to be sent from the socket bound to `from`.
@@ -58,6 +60,8 @@ pub struct Datagram {
     pub data: Vec<u8>,
     /// For datagrams produced by forwarding: when the publisher's packet arrived (latency accounting).
     pub origin: Option<Instant>,
+    /// `origin` is when an RTMP connection read the packet's FLV message (not a UDP arrival).
+    pub rtmp: bool,
 }
 
 pub struct CoreState {
@@ -202,6 +206,7 @@ impl CoreState {
                 bytes: 0,
                 reported: (0, 0, now),
                 written_since: None,
+                written_rtmp: false,
             },
         );
         self.emit_session(id, "peer.joined", serde_json::json!({ "role": role_name(role) }));
@@ -286,6 +291,7 @@ impl CoreState {
 
     pub fn on_datagram(&mut self, now: Instant, remote: SocketAddr, local: SocketAddr, buf: &[u8]) {
         self.stats.udp_datagrams_in += 1;
+        self.stats.udp_bytes_in += buf.len() as u64;
         let id = match self.by_addr.get(&remote) {
             Some(id) => *id,
             None => {
@@ -397,8 +403,13 @@ impl CoreState {
 
     pub fn on_media(&mut self, msg: MediaMsg, now: Instant) {
         match msg {
-            MediaMsg::Forward { room, packet } => self.deliver_local(room, &packet, now),
-            MediaMsg::RtmpPacket { room, packet } => self.rtmp_packet(room, packet, now),
+            MediaMsg::Forward { room, packet } => self.deliver_local(room, &packet, now, false),
+            // To the room's home core: from the RTMP connection's core, to fan out. To any other core: the
+            // home core's fan-out of an RTMP publisher's packet (like `Forward`, but its latency is RTMP's).
+            MediaMsg::RtmpPacket { room, packet } if room.home_core(self.cores) == self.core => {
+                self.rtmp_packet(room, packet, now)
+            }
+            MediaMsg::RtmpPacket { room, packet } => self.deliver_local(room, &packet, now, true),
             MediaMsg::GopReplay { room, viewer, packets } => self.gop_replay_local(room, viewer, packets, now),
         }
     }
@@ -433,7 +444,9 @@ impl CoreState {
         };
         for ev in events.drain(..) {
             match ev {
-                SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data, origin: None }),
+                SessionEvent::Transmit { from, to, data } => {
+                    self.outbox.push(Datagram { from, to, data, origin: None, rtmp: false })
+                }
                 SessionEvent::Rtp(packet) => {
                     self.stats.rtp_packets_in += 1;
                     if let Some(e) = self.sessions.get_mut(&id) {
@@ -471,6 +484,8 @@ impl CoreState {
 
     /// Hands a publisher packet to every core with viewers of the room, once per core.
     fn fan_out(&mut self, room: RoomKey, packet: ForwardedPacket, now: Instant) {
+        // RTMP packets travel as `RtmpPacket` so viewer cores account their latency separately.
+        let rtmp = !self.external.is_empty() && self.external.get(&room).is_some_and(External::is_rtmp);
         let cores = self.router.viewer_cores(room);
         let mut local = false;
         for &core in cores {
@@ -479,28 +494,32 @@ impl CoreState {
             } else if core == self.cores {
                 // The cluster (`core_cluster.rs`): one copy for core 0, whatever the number of subscribing nodes.
                 self.cluster.cascade_out.push((room, packet.clone()));
+            } else if rtmp {
+                self.media_out.push((core, MediaMsg::RtmpPacket { room, packet: packet.clone() }));
             } else {
                 self.media_out.push((core, MediaMsg::Forward { room, packet: packet.clone() }));
             }
         }
         if local {
-            self.deliver_local(room, &packet, now);
+            self.deliver_local(room, &packet, now, rtmp);
         }
     }
 
     /// Writes a packet to every viewer of the room on this core. The viewers are polled later, once per
     /// batch of packets, by [`poll_written`](Self::poll_written).
-    fn deliver_local(&mut self, room: RoomKey, packet: &ForwardedPacket, now: Instant) {
+    fn deliver_local(&mut self, room: RoomKey, packet: &ForwardedPacket, now: Instant, rtmp: bool) {
         let mut keyframe_wanted = false;
         for id in self.viewers.viewers(room) {
             let Some(entry) = self.sessions.get_mut(id) else { continue };
             match entry.session.write_forwarded(packet, now) {
                 Ok(()) => {
                     self.stats.rtp_packets_forwarded += 1;
+                    self.stats.rtp_bytes_forwarded += packet.payload.len() as u64;
                     entry.packets += 1;
                     entry.bytes += packet.payload.len() as u64;
                     if entry.written_since.is_none() {
                         entry.written_since = Some(packet.received_at);
+                        entry.written_rtmp = rtmp;
                         self.written.push(*id);
                     }
                 }
@@ -529,12 +548,13 @@ impl CoreState {
         for id in written.drain(..) {
             let Some(entry) = self.sessions.get_mut(&id) else { continue };
             let origin = entry.written_since.take();
+            let rtmp = std::mem::take(&mut entry.written_rtmp);
             entry.session.poll(now, &mut events);
             let room = entry.room;
             let mut keyframe_wanted = false;
             for ev in events.drain(..) {
                 match ev {
-                    SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data, origin }),
+                    SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data, origin, rtmp }),
                     SessionEvent::KeyframeRequested => keyframe_wanted = true,
                     SessionEvent::Feedback(f) => self.count_feedback(f),
                     SessionEvent::Rtp(_) | SessionEvent::Connected => {}

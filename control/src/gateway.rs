@@ -196,8 +196,12 @@ async fn serve_offer(shell: &CoreShell, request: SignalRequest) -> SignalReply {
             Err(e) => return auth_reply(&e),
         }
     };
-    if !valid_room(&room) || !request.body.trim_start().starts_with("v=0") {
-        return error_reply(StatusCode::BAD_REQUEST, "BAD_REQUEST", "bad room name or SDP offer");
+    // The gateway checked both already; the same codes as a direct request if a node disagrees.
+    if !valid_room(&room) {
+        return error_reply(StatusCode::BAD_REQUEST, "BAD_ROOM", "room names are 1-128 characters of A-Z a-z 0-9 - _ .");
+    }
+    if !request.body.trim_start().starts_with("v=0") {
+        return error_reply(StatusCode::BAD_REQUEST, "BAD_SDP", "body is not an SDP offer (must start with v=0)");
     }
     let owner = if shell.auth.is_insecure() { None } else { token.map(fingerprint) };
     let core = match role {

@@ -174,7 +174,7 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Resp {
 
 fn cors(h: &mut hyper::HeaderMap) {
     h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link"));
+    h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link, X-Sfumato-Node"));
 }
 
 /// CORS preflight on every path; on /whip and /whep routes also the ICE servers (RFC 9725 §4.6).
@@ -426,6 +426,8 @@ async fn healthz(shell: &CoreShell) -> Resp {
             "rooms": total.rooms,
             "stats": total,
             "forward_latency_us": total.forward_latency_us.as_ref().map(crate::stats::LatencySummary::of),
+            // RTMP publishers' packets: FLV message read → viewer datagram sent (null until one was sent).
+            "rtmp_forward_latency_us": total.rtmp_forward_latency_us.as_ref().map(crate::stats::LatencySummary::of),
             "per_core": per_core,
             // Events connector counters (null without --nats-url/--hook-url).
             "events": crate::events::connector::active_stats().map(|s| s.snapshot()),
@@ -439,7 +441,11 @@ async fn metrics(api: &Api) -> Resp {
     let (_, per_core) = api.shell.node_stats().await;
     let mut out = String::new();
     crate::stats::render_core_stats(&per_core, &mut out);
+    crate::stats::render_latency(&per_core, &mut out);
     api.shared.metrics.render(&mut out);
+    if let Some(events) = crate::events::connector::active_stats() {
+        events.render_metrics(&mut out);
+    }
     if let Some(port) = gateway::cluster_port(&api.shell) {
         port.shared.render_metrics(&mut out);
     }

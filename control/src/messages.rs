@@ -112,7 +112,9 @@ pub enum ControlMsg {
 
 pub enum MediaMsg {
     Forward { room: RoomKey, packet: ForwardedPacket },
-    /// To a room's home core: a packet from the room's RTMP publisher (on another core), to fan out.
+    /// A packet of a room's RTMP publisher: from the RTMP connection's core to the room's home core (which
+    /// fans it out), and from the home core to each other core with viewers (delivered locally and counted
+    /// in `rtmp_forward_latency_us` instead of `forward_latency_us`).
     RtmpPacket { room: RoomKey, packet: ForwardedPacket },
     /// To a viewer's core: the cached GOP of an RTMP room (oldest first), for that one viewer only.
     GopReplay { room: RoomKey, viewer: SessionId, packets: Vec<ForwardedPacket> },

@@ -105,16 +105,24 @@ impl Conn {
             } else {
                 glommio::timer::timeout(wait, async { Ok(stream.read(&mut buf).await) }).await.map_err(|_| ())
             };
+            // Every FLV message this read completes counts as received now: the packets made from it carry
+            // it as `received_at`, and `rtmp_forward_latency_us` is measured from it (so it includes the
+            // H.264 packetization and the AAC → Opus transcode).
+            let read_at = Instant::now();
             match read {
                 Err(()) => {
                     let what = if self.publishing.is_some() { "idle for 30 s" } else { "no publish request within 10 s" };
+                    // Slowloris / dead publisher: closed by the server, so counted like any refusal.
+                    self.shell.state.borrow_mut().stats.rtmp_rejected += 1;
                     rtmp.close(what);
                 }
                 Ok(Ok(0)) => rtmp.handle_eof(),
                 Ok(Ok(n)) => {
                     self.shell.state.borrow_mut().stats.rtmp_bytes_in += n as u64;
                     if let Err(e) = rtmp.handle_input(&buf[..n]) {
-                        tracing::debug!(core = self.shell.core(), error = %e, "RTMP input refused");
+                        // Garbage, oversized chunks, protocol violations: the session closes with this reason.
+                        self.shell.state.borrow_mut().stats.rtmp_rejected += 1;
+                        tracing::info!(core = self.shell.core(), error = %e, "RTMP input refused; closing");
                     }
                 }
                 Ok(Err(e)) => return format!("read error: {e}"),
@@ -163,8 +171,7 @@ impl Conn {
                         Ok(()) => {
                             if let (Some((_, source)), Some(plid)) = (self.publishing, media.video_profile_level_id()) {
                                 let params = self.video_params(plid);
-                                let now = Instant::now();
-                                fwd.extend(rtp.drain(..).map(|o| packet(o, Codec::H264, &params, source, VIDEO_CLOCK_RATE, now)));
+                                fwd.extend(rtp.drain(..).map(|o| packet(o, Codec::H264, &params, source, VIDEO_CLOCK_RATE, read_at)));
                             }
                             rtp.clear();
                         }
@@ -183,8 +190,7 @@ impl Conn {
                         Ok(()) => {
                             if let Some((_, source)) = self.publishing {
                                 let params = opus_params();
-                                let now = Instant::now();
-                                fwd.extend(rtp.drain(..).map(|o| packet(o, Codec::Opus, &params, source, AUDIO_CLOCK_RATE, now)));
+                                fwd.extend(rtp.drain(..).map(|o| packet(o, Codec::Opus, &params, source, AUDIO_CLOCK_RATE, read_at)));
                             }
                             rtp.clear();
                         }
@@ -264,7 +270,7 @@ impl Conn {
     }
 }
 
-fn packet(o: RtpOut, codec: Codec, params: &PayloadParams, source: u64, clock_rate: u32, now: Instant) -> ForwardedPacket {
+fn packet(o: RtpOut, codec: Codec, params: &PayloadParams, source: u64, clock_rate: u32, read_at: Instant) -> ForwardedPacket {
     ForwardedPacket {
         codec,
         params: *params,
@@ -274,7 +280,7 @@ fn packet(o: RtpOut, codec: Codec, params: &PayloadParams, source: u64, clock_ra
         marker: o.marker,
         keyframe_start: o.keyframe_start,
         clock_rate,
-        received_at: now,
+        received_at: read_at,
         payload: o.payload,
     }
 }

@@ -16,6 +16,9 @@ pub struct CoreStats {
     pub sessions_closed: u64,
     pub udp_datagrams_in: u64,
     pub udp_datagrams_out: u64,
+    /// Bytes of the media sockets' datagrams received / sent (UDP payload: STUN, DTLS, SRTP, SRTCP).
+    pub udp_bytes_in: u64,
+    pub udp_bytes_out: u64,
     pub udp_send_errors: u64,
     /// Datagrams from unknown peers or not parseable (garbage, truncated STUN, stray DTLS).
     pub udp_unroutable: u64,
@@ -23,6 +26,8 @@ pub struct CoreStats {
     pub udp_rejected: u64,
     pub rtp_packets_in: u64,
     pub rtp_packets_forwarded: u64,
+    /// RTP payload bytes written to viewers (before SRTP; one count per viewer written to).
+    pub rtp_bytes_forwarded: u64,
     /// Forwarded packets not written to a viewer (not connected yet, waiting for keyframe, codec mismatch).
     pub rtp_packets_skipped: u64,
     pub ring_full_drops: u64,
@@ -51,9 +56,15 @@ pub struct CoreStats {
     /// GOPs that outgrew the cache (not cached until the next keyframe).
     pub rtmp_gop_overflows: u64,
     /// Server-added latency of forwarded packets: from the publisher datagram's arrival (after recv) to the
-    /// viewer datagram's `sendmmsg` returning, in microseconds.
+    /// viewer datagram's `sendmmsg` returning, in microseconds. WebRTC and cascaded publishers, and GOP
+    /// replays (from the replay); RTMP packets have their own histogram below.
     #[serde(skip)]
     pub forward_latency_us: Option<Histogram<u64>>,
+    /// The same for packets of an RTMP publisher: from the read on the RTMP connection's core that
+    /// completed the FLV message (so including H.264 packetization / AAC → Opus, and the hop to the room's
+    /// home core) to the viewer datagram's `sendmmsg` returning, in microseconds.
+    #[serde(skip)]
+    pub rtmp_forward_latency_us: Option<Histogram<u64>>,
 }
 
 /// Percentiles of a latency histogram, for JSON.
@@ -95,11 +106,14 @@ impl CoreStats {
         self.sessions_closed += o.sessions_closed;
         self.udp_datagrams_in += o.udp_datagrams_in;
         self.udp_datagrams_out += o.udp_datagrams_out;
+        self.udp_bytes_in += o.udp_bytes_in;
+        self.udp_bytes_out += o.udp_bytes_out;
         self.udp_send_errors += o.udp_send_errors;
         self.udp_unroutable += o.udp_unroutable;
         self.udp_rejected += o.udp_rejected;
         self.rtp_packets_in += o.rtp_packets_in;
         self.rtp_packets_forwarded += o.rtp_packets_forwarded;
+        self.rtp_bytes_forwarded += o.rtp_bytes_forwarded;
         self.rtp_packets_skipped += o.rtp_packets_skipped;
         self.ring_full_drops += o.ring_full_drops;
         self.keyframe_requests += o.keyframe_requests;
@@ -115,9 +129,13 @@ impl CoreStats {
         self.rtmp_gop_replays += o.rtmp_gop_replays;
         self.rtmp_gop_replay_packets += o.rtmp_gop_replay_packets;
         self.rtmp_gop_overflows += o.rtmp_gop_overflows;
-        if let Some(h) = &o.forward_latency_us {
-            let mine = self.forward_latency_us.get_or_insert_with(new_latency_histogram);
-            let _ = mine.add(h);
+        for (mine, theirs) in [
+            (&mut self.forward_latency_us, &o.forward_latency_us),
+            (&mut self.rtmp_forward_latency_us, &o.rtmp_forward_latency_us),
+        ] {
+            if let Some(h) = theirs {
+                let _ = mine.get_or_insert_with(new_latency_histogram).add(h);
+            }
         }
     }
 }
@@ -137,11 +155,14 @@ const HELP: &[(&str, &str)] = &[
     ("sessions_closed", "WebRTC sessions closed"),
     ("udp_datagrams_in", "UDP datagrams received"),
     ("udp_datagrams_out", "UDP datagrams sent"),
+    ("udp_bytes_in", "Bytes of UDP datagrams received on the media sockets"),
+    ("udp_bytes_out", "Bytes of UDP datagrams sent from the media sockets"),
     ("udp_send_errors", "UDP datagrams that could not be sent"),
     ("udp_unroutable", "UDP datagrams dropped: unknown peer or unparseable"),
     ("udp_rejected", "UDP datagrams a session refused (bad SRTP, malformed RTP)"),
     ("rtp_packets_in", "RTP packets received from publishers"),
     ("rtp_packets_forwarded", "RTP packets written to viewers"),
+    ("rtp_bytes_forwarded", "RTP payload bytes written to viewers (before SRTP)"),
     ("rtp_packets_skipped", "Forwarded RTP packets not written to a viewer (not connected, waiting for keyframe, codec mismatch)"),
     ("ring_full_drops", "Packets dropped because an inter-core media ring was full"),
     ("keyframe_requests", "Keyframe requests (PLI) sent to publishers"),
@@ -177,7 +198,58 @@ pub fn render_core_stats(per_core: &[CoreStats], out: &mut String) {
     }
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+/// Upper bounds (µs) of the latency histograms' buckets in /metrics (`le`, rendered in seconds).
+const LATENCY_BUCKETS_US: [u64; 15] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000];
+
+/// The per-core latency histograms, as Prometheus histograms: (metric name, HELP, the field).
+type LatencyField = fn(&CoreStats) -> Option<&Histogram<u64>>;
+const LATENCIES: &[(&str, &str, LatencyField)] = &[
+    (
+        "sfumato_forward_latency_seconds",
+        "Server-added latency of forwarded WebRTC packets: publisher datagram received to viewer datagram sent",
+        |s| s.forward_latency_us.as_ref(),
+    ),
+    (
+        "sfumato_rtmp_forward_latency_seconds",
+        "Latency of RTMP publishers' packets: FLV message read to viewer datagram sent (incl. packetization, AAC to Opus)",
+        |s| s.rtmp_forward_latency_us.as_ref(),
+    ),
+];
+
+/// Prometheus histograms of the per-core latency histograms (`sfumato_*_latency_seconds{core="N",le=…}`,
+/// `_sum`, `_count`), cumulative since start. Buckets are counted from the hdrhistogram at its resolution
+/// (3 significant digits); `_sum` adds each recorded value at the top of its hdrhistogram bucket.
+pub fn render_latency(per_core: &[CoreStats], out: &mut String) {
+    for (name, help, field) in LATENCIES {
+        header(out, name, help, "histogram");
+        for (core, s) in per_core.iter().enumerate() {
+            let mut buckets = [0u64; LATENCY_BUCKETS_US.len()];
+            let (mut count, mut sum_us) = (0u64, 0u128);
+            if let Some(h) = field(s) {
+                for v in h.iter_recorded() {
+                    let (value, n) = (v.value_iterated_to(), v.count_at_value());
+                    count += n;
+                    sum_us += value as u128 * n as u128;
+                    if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&le| value <= le) {
+                        buckets[i] += n;
+                    }
+                }
+            }
+            let mut cumulative = 0;
+            for (le, n) in LATENCY_BUCKETS_US.iter().zip(buckets) {
+                cumulative += n;
+                let le = *le as f64 / 1e6;
+                out.push_str(&format!("{name}_bucket{{core=\"{core}\",le=\"{le}\"}} {cumulative}\n"));
+            }
+            out.push_str(&format!("{name}_bucket{{core=\"{core}\",le=\"+Inf\"}} {count}\n"));
+            out.push_str(&format!("{name}_sum{{core=\"{core}\"}} {}\n", sum_us as f64 / 1e6));
+            out.push_str(&format!("{name}_count{{core=\"{core}\"}} {count}\n"));
+        }
+    }
+}
+
+pub(crate) fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
 }
 
@@ -383,5 +455,46 @@ mod tests {
         for field in serde_json::to_value(CoreStats::default()).unwrap().as_object().unwrap().keys() {
             assert!(HELP.iter().any(|(f, _)| f == field), "no HELP text for CoreStats::{field}");
         }
+    }
+
+    #[test]
+    fn latency_histograms_are_cumulative_prometheus_histograms() {
+        let mut h = new_latency_histogram();
+        for us in [40, 90, 90, 3_000, 7_000_000] {
+            h.record(us).unwrap();
+        }
+        let mut rtmp = new_latency_histogram();
+        rtmp.record(20_000).unwrap();
+        let stats = CoreStats { forward_latency_us: Some(h), rtmp_forward_latency_us: Some(rtmp), ..Default::default() };
+        let mut out = String::new();
+        render_latency(&[stats, CoreStats::default()], &mut out);
+        let name = "sfumato_forward_latency_seconds";
+        assert!(out.contains(&format!("# HELP {name} ")), "{out}");
+        assert!(out.contains(&format!("# TYPE {name} histogram\n")), "{out}");
+        for (le, n) in [("0.00005", 1), ("0.0001", 3), ("0.001", 3), ("0.005", 4), ("5", 4), ("+Inf", 5)] {
+            assert!(out.contains(&format!("{name}_bucket{{core=\"0\",le=\"{le}\"}} {n}\n")), "le={le}: {out}");
+        }
+        assert!(out.contains(&format!("{name}_count{{core=\"0\"}} 5\n")), "{out}");
+        let sum: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_sum{{core=\"0\"}} ")))
+            .and_then(|v| v.parse().ok())
+            .expect("a _sum line");
+        assert!((sum - 7.003220).abs() < 0.01, "{sum}");
+        // a core that recorded nothing has empty buckets, not missing lines
+        assert!(out.contains(&format!("{name}_bucket{{core=\"1\",le=\"+Inf\"}} 0\n")), "{out}");
+        let rtmp = "sfumato_rtmp_forward_latency_seconds";
+        assert!(out.contains(&format!("{rtmp}_bucket{{core=\"0\",le=\"0.01\"}} 0\n")), "{out}");
+        assert!(out.contains(&format!("{rtmp}_bucket{{core=\"0\",le=\"0.025\"}} 1\n")), "{out}");
+        // node-wide sums merge the histograms
+        let mut total = CoreStats::default();
+        let mut one = CoreStats::default();
+        one.rtmp_forward_latency_us = Some(new_latency_histogram());
+        if let Some(h) = one.rtmp_forward_latency_us.as_mut() {
+            h.record(5).unwrap();
+        }
+        total.add(&one);
+        total.add(&one);
+        assert_eq!(total.rtmp_forward_latency_us.map(|h| h.len()), Some(2));
     }
 }

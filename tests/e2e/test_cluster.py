@@ -1,9 +1,11 @@
-"""Cluster (`sfumato media`): three real nodes on loopback, aiortc peers, QUIC links between the nodes.
+"""Cluster (`sfumato media`): four real nodes on loopback, aiortc peers, QUIC links between the nodes.
 
 One module-scoped cluster, secure mode (tokens from any node work on every node):
-  a: zone z1 (the seed)      b, c: zone z2 (join through a)      `--cores 1` each, distinct ports
+  a: zone z1 (the seed)      b, c, d: zone z2 (join through a)      `--cores 1` each, distinct ports
 The tests run in file order and share it:
-  1. cascading: publisher on a, 3 viewers on b, 1 on c; a sends one copy per subscribing node (not per viewer)
+  1. cascading across zones: publisher on a, 2 viewers on b, 1 on c, 1 on d; one copy crosses into z2 (to
+     the zone's relay for the room, c), which sends one copy per other z2 node (not per viewer); kill -9 the
+     relay -> the other z2 viewers get video back through the new relay (d); c restarts and relays again
   2. gateway placement: proxied WHEP through a to b (Location routes DELETE back through a), 409 through c,
      zone preference (X-Sfumato-Zone, and the gateway's own zone)
   3. a node with a wrong secret never joins and is logged as refused
@@ -156,15 +158,16 @@ def cluster(request):
     a.wait_healthy()
     b = new_node("b", "z2", [a.quic])
     c = new_node("c", "z2", [a.quic])
-    for n in (b, c):
+    d = new_node("d", "z2", [a.quic])
+    for n in (b, c, d):
         n.start()
-    for n in (b, c):
+    for n in (b, c, d):
         n.wait_healthy()
-    nodes = {"a": a, "b": b, "c": c}
+    nodes = {"a": a, "b": b, "c": c, "d": d}
     try:
         for n in nodes.values():
-            wait_until(lambda: n.cluster()["links_up"] == 2 and n.cluster()["members_alive"] == 2, 10,
-                       f"{n.name} linked to both others")
+            wait_until(lambda: n.cluster()["links_up"] == 3 and n.cluster()["members_alive"] == 3, 10,
+                       f"{n.name} linked to all others")
         yield nodes
     finally:
         failed = getattr(request.session, "testsfailed", 0)
@@ -263,65 +266,141 @@ def export_packets(node: Node, room: str) -> dict:
     return {e["node"]: e["packets"] for e in node.cluster()["exports"] if e["room"] == room}
 
 
+def pulls(node: Node, room: str) -> list:
+    """`node`'s cascade subscriptions of `room` (at most one): from, relaying, viewers."""
+    return [s for s in node.cluster()["subscriptions"] if s["room"] == room]
+
+
+def pulls_from(node: Node, room: str) -> Optional[str]:
+    p = pulls(node, room)
+    return p[0]["from"] if p else None
+
+
+_M64 = (1 << 64) - 1
+
+
+def hrw_score(room: str, node: str) -> int:
+    """Mirror of `control/src/cascade/relay.rs::score` (FNV-1a + splitmix64): which node relays a room."""
+    h = 0xCBF29CE484222325
+    for byte in room.encode() + b"\xff" + node.encode():
+        h = ((h ^ byte) * 0x100000001B3) & _M64
+    h = (h + 0x9E3779B97F4A7C15) & _M64
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _M64
+    return h ^ (h >> 31)
+
+
+def zone_relay(room: str, nodes) -> str:
+    """The node of `nodes` that relays `room` into their zone (rendezvous hashing, highest score)."""
+    return max(nodes, key=lambda n: (hrw_score(room, n), n))
+
+
+def rejoin(node: Node, cluster: dict) -> None:
+    """Restarts a killed node (new incarnation) and waits until everyone sees it alive and linked."""
+    node.start()
+    node.wait_healthy()
+    others = [n for n in cluster.values() if n is not node and n.proc.poll() is None]
+    wait_until(lambda: all(o.status_of(node.name) == "alive" for o in others)
+               and node.cluster()["links_up"] == len(others), 10, f"{node.name} to rejoin")
+
+
 # ------------------------------------------------------------------ tests ---
 
 
-def test_cascade_one_copy_per_node(cluster):
-    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+def test_cascade_one_copy_per_zone_pair(cluster):
+    a, b, c, d = cluster["a"], cluster["b"], cluster["c"], cluster["d"]
+    room = "zone"
+    relay = zone_relay(room, "bcd")
+    assert relay == "c"  # the room name is chosen for it; the cluster must agree with the mirror below
 
     async def run():
-        pub = await post_offer(a, "whip", "cast")
+        pub = await post_offer(a, "whip", room)
         assert "/conn/" in pub.location and "/conn/a/" not in pub.location, pub.location  # placed on a itself
         await wait_connected(pub)
-        viewers_b = [await post_offer(b, "whep", "cast") for _ in range(3)]
-        viewer_c = await post_offer(c, "whep", "cast")
-        for v in viewers_b + [viewer_c]:
+        viewers_b = [await post_offer(b, "whep", room) for _ in range(2)]
+        viewer_c = await post_offer(c, "whep", room)
+        viewer_d = await post_offer(d, "whep", room)
+        viewers = viewers_b + [viewer_c, viewer_d]
+        for v in viewers:
             assert not re.search(r"/conn/[a-z]+/", v.location), f"viewer placed elsewhere: {v.location}"
-        await wait_connected(*viewers_b, viewer_c)
-        for v in viewers_b + [viewer_c]:
+        await wait_connected(*viewers)
+        for v in viewers:
             await wait_frames(v, 10, timeout=15)
+        # One copy into z2, to its relay; the other z2 nodes pull from the relay.
+        assert export_packets(a, room).keys() == {relay}, a.cluster()["exports"]
+        assert pulls(c, room) == [{"room": room, "from": "a", "relaying": True, "viewers": True}], pulls(c, room)
+        assert pulls_from(b, room) == relay and pulls_from(d, room) == relay
+        assert export_packets(c, room).keys() == {"b", "d"}
         # Steady state, then count over a window.
         await asyncio.sleep(1.0)
-        ha0, hb0, e0 = a.health(), b.health(), export_packets(a, "cast")
+        ha0, hb0, hc0 = a.health(), b.health(), c.health()
         await asyncio.sleep(4.0)
-        ha1, hb1, e1 = a.health(), b.health(), export_packets(a, "cast")
+        ha1, hb1, hc1 = a.health(), b.health(), c.health()
         end = time.monotonic()
-        for i, v in enumerate(viewers_b + [viewer_c]):
+        for i, v in enumerate(viewers):
             fps, audio = v.stats.video_fps(3.0, end), v.stats.audio_frames
             print(f"viewer {i}: fps={fps:.1f} {v.stats.summary()}")
             assert fps >= MIN_FPS, v.stats.summary()
             assert audio > 50 and "audio" in v.stats.track_kinds, v.stats.summary()
         published = ha1["stats"]["rtp_packets_in"] - ha0["stats"]["rtp_packets_in"]
-        sent = ha1["cluster"]["cascade_packets_out"] - ha0["cluster"]["cascade_packets_out"]
-        per_node = {n: e1.get(n, 0) - e0.get(n, 0) for n in ("b", "c")}
+        sent_a = ha1["cluster"]["cascade_packets_out"] - ha0["cluster"]["cascade_packets_out"]
+        sent_c = hc1["cluster"]["cascade_packets_out"] - hc0["cluster"]["cascade_packets_out"]
         received_b = hb1["cluster"]["cascade_packets_in"] - hb0["cluster"]["cascade_packets_in"]
         forwarded_b = hb1["stats"]["rtp_packets_forwarded"] - hb0["stats"]["rtp_packets_forwarded"]
-        print(f"publisher packets {published}, cascade out {sent} {per_node}, b in {received_b}, b forwarded {forwarded_b}")
+        print(f"publisher packets {published}, a out {sent_a}, relay c out {sent_c}, b in {received_b}, "
+              f"b forwarded {forwarded_b}")
         assert published > 300, published
-        # One copy per subscribing node (2), not per viewer (4).
-        assert 1.9 * published <= sent <= 2.1 * published, (published, sent)
-        for n, k in per_node.items():
-            assert 0.85 * published <= k <= 1.15 * published, (n, k, published)
+        # One copy per (source zone, destination zone) pair, not per z2 node (3) or viewer (4)...
+        assert 0.9 * published <= sent_a <= 1.1 * published, (published, sent_a)
+        # ...and the relay sends one copy per other node of its zone (2).
+        assert 1.8 * published <= sent_c <= 2.2 * published, (published, sent_c)
         assert 0.9 * published <= received_b <= 1.1 * published
-        # b fans its one stream out to its three viewers.
-        assert 2.7 * published <= forwarded_b <= 3.3 * published, (forwarded_b, published)
-        sub = [s for s in hb1["cluster"]["subscriptions"] if s["room"] == "cast"]
-        assert sub == [{"room": "cast", "from": "a"}], hb1["cluster"]["subscriptions"]
+        # b fans its one stream out to its two viewers.
+        assert 1.8 * published <= forwarded_b <= 2.2 * published, (forwarded_b, published)
         metrics = httpx.get(f"{a.url}/metrics", timeout=5).text
-        for line in ("sfumato_cluster_links_up 2", "sfumato_cluster_members 2", "sfumato_cascade_packets_out_total ",
-                     'sfumato_cascade_export_packets_total{room="cast",node="b"}'):
+        for line in ("sfumato_cluster_links_up 3", "sfumato_cluster_members 3", "sfumato_cascade_packets_out_total ",
+                     f'sfumato_cascade_export_packets_total{{room="{room}",node="{relay}"}}'):
             assert line in metrics, line
-        # The last viewer of a node leaving ends that node's subscription.
-        assert await delete(viewer_c.location, viewer_c.token) == 200
+
+        # kill -9 the relay: once z2 declares it dead, d relays (it scores next) and b pulls from d.
+        survivors = viewers_b + [viewer_d]
+        before = [v.stats.video_frames for v in survivors]
+        t0 = time.monotonic()
+        c.kill9()
+        for v, n in zip(survivors, before):
+            await wait_frames(v, n + 30, timeout=12)
+        took = time.monotonic() - t0
+        print(f"video back through the new relay {took:.1f}s after kill -9 of the relay")
+        assert took < 10
+        assert zone_relay(room, "bd") == "d"
+        assert pulls_from(d, room) == "a" and pulls_from(b, room) == "d"
+        assert export_packets(a, room).keys() == {"d"} and export_packets(d, room).keys() == {"b"}
         await viewer_c.close()
-        wait_until(lambda: "c" not in export_packets(a, "cast"), 5, "a to stop exporting to c")
-        assert export_packets(a, "cast").keys() == {"b"}
+
+        # c restarts: it ranks first again and relays for b and d without a viewer of its own.
+        await asyncio.to_thread(rejoin, c, cluster)
+        relaying_only = [{"room": room, "from": "a", "relaying": True, "viewers": False}]
+        await asyncio.to_thread(wait_until, lambda: pulls(c, room) == relaying_only and pulls_from(b, room) == "c"
+                                and pulls_from(d, room) == "c", 10, "c to relay again")
+        before = [v.stats.video_frames for v in survivors]
+        for v, n in zip(survivors, before):
+            await wait_frames(v, n + 30, timeout=10)
+
+        # The last viewer of a node leaving ends that node's subscription; the relay keeps the other one.
+        assert await delete(viewer_d.location, viewer_d.token) == 200
+        await viewer_d.close()
+        await asyncio.to_thread(wait_until, lambda: "d" not in export_packets(c, room) and pulls_from(d, room) is None,
+                                5, "c to stop exporting to d")
+        assert export_packets(a, room).keys() == {"c"}
         for v in viewers_b:
             assert await delete(v.location, v.token) == 200
             await v.close()
+        await asyncio.to_thread(wait_until, lambda: not a.cluster()["exports"] and not c.cluster()["subscriptions"],
+                                5, "the relay to let go once nobody downstream needs it")
         assert await delete(pub.location, pub.token) == 200
         await pub.close()
-        wait_until(lambda: not a.cluster()["exports"] and not b.cluster()["subscriptions"], 5, "cascade torn down")
+        wait_until(lambda: all(not n.cluster()["subscriptions"] and not n.cluster()["exports"]
+                               for n in cluster.values()), 5, "cascade torn down")
 
     asyncio.run(run())
 
@@ -354,7 +433,7 @@ def test_gateway_places_and_proxies(cluster):
         await post_offer(c, "whip", "gw", expect=409)
         # Zone preference for a new room: a publisher through a asking for z2 lands on b or c.
         p2 = await post_offer(a, "whip", "gw2", zone="z2")
-        assert p2.response.headers.get("x-sfumato-node") in ("b", "c"), p2.response.headers
+        assert p2.response.headers.get("x-sfumato-node") in ("b", "c", "d"), p2.response.headers
         # DELETE through the gateway reaches the owning node; a wrong token is refused there.
         assert await delete(v.location, token(a, "whep", "gw")) == 403
         assert await delete(v.location, v.token) == 200
@@ -372,26 +451,28 @@ def test_gateway_places_and_proxies(cluster):
 def test_wrong_secret_never_joins(cluster):
     a = cluster["a"]
     refused_before = a.cluster()["auth_refused"]
-    d = new_node("d", "z1", [a.quic], secret="not-the-cluster-secret")
-    d.start()
+    x = new_node("x", "z1", [a.quic], secret="not-the-cluster-secret")
+    x.start()
     try:
-        d.wait_healthy()
-        wait_until(lambda: a.cluster()["auth_refused"] > refused_before, 10, "a to refuse d")
+        x.wait_healthy()
+        wait_until(lambda: a.cluster()["auth_refused"] > refused_before, 10, "a to refuse x")
         time.sleep(1.5)
         for n in cluster.values():
-            assert n.status_of("d") is None, n.cluster()["nodes"]
-            assert n.cluster()["links_up"] == 2
-        assert d.cluster()["links_up"] == 0 and len(d.cluster()["nodes"]) == 1
+            assert n.status_of("x") is None, n.cluster()["nodes"]
+            assert n.cluster()["links_up"] == 3
+        assert x.cluster()["links_up"] == 0 and len(x.cluster()["nodes"]) == 1
         assert "cluster node refused" in a.log_text()
-        assert "refused our proof" in d.log_text()
+        assert "refused our proof" in x.log_text()
     finally:
-        d.stop()
-        if d.log_path:
-            d.log_path.unlink(missing_ok=True)
+        x.stop()
+        if x.log_path:
+            x.log_path.unlink(missing_ok=True)
 
 
 def test_node_failures(cluster):
     a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    # z2's relay for "fail" is b (b pulls from a, c from b): killing c leaves b's viewer alone.
+    assert zone_relay("fail", "bcd") == "b"
 
     async def run():
         pub = await post_offer(a, "whip", "fail")
@@ -401,6 +482,7 @@ def test_node_failures(cluster):
         await wait_connected(vb, vc)
         await wait_frames(vb, 10, 15)
         await wait_frames(vc, 10, 15)
+        assert pulls_from(b, "fail") == "a" and pulls_from(c, "fail") == "b"
 
         # kill -9 the viewer node c: a and b drop it within ~5 s, b's viewer goes on.
         t0 = time.monotonic()
@@ -410,16 +492,13 @@ def test_node_failures(cluster):
         took = time.monotonic() - t0
         print(f"c declared dead after {took:.1f}s")
         assert took < 6.5
-        assert a.cluster()["links_up"] == 1 and "c" not in export_packets(a, "fail")
+        assert a.cluster()["links_up"] == 2 and "c" not in export_packets(a, "fail")
         await asyncio.sleep(1.0)
         assert vb.stats.video_fps(2.0) >= MIN_FPS, vb.stats.summary()
         await vc.close()
 
         # c restarts (new incarnation) and rejoins.
-        c.start()
-        c.wait_healthy()
-        wait_until(lambda: a.status_of("c") == "alive" and b.status_of("c") == "alive" and c.cluster()["links_up"] == 2,
-                   10, "c to rejoin")
+        rejoin(c, cluster)
 
         # kill -9 the publisher's node a: b's viewer stops...
         frames_before = vb.stats.video_frames

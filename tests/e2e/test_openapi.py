@@ -3,10 +3,15 @@
 - the spec is valid OpenAPI 3.0 (openapi-spec-validator when installed, plus structural checks here:
   every $ref resolves, every example validates against its schema);
 - the spec lists exactly ROUTES (below, taken from `handle` in control/src/http_api.rs) plus OPTIONS on
-  every path, and a scan of http_api.rs finds no route segment or error code the spec does not know;
+  every path, and a scan of http_api.rs and gateway.rs (the cluster's gateway, a child module of http_api)
+  finds no route segment, error code or `X-Sfumato-*` header the spec does not know;
 - every documented operation, sent a well-formed request, answers a documented status whose body and
   headers match the spec; documented errors (401/403/404/409/413/415...) are provoked and checked the same
   way, their `error` codes among the response's documented examples;
+- the cluster-only answers (`/whip|whep/conn/{node}/{id}`, `X-Sfumato-Zone`/`X-Sfumato-Node`, BAD_ZONE,
+  NO_CAPACITY, NODE_UNAVAILABLE, /healthz `cluster`) against two real `sfumato media` nodes
+  (test_cluster_routes_answer_as_documented): a standalone server answers 404 on the node routes, so the
+  other tests leave those routes to it;
 - GET /openapi.json serves this very file and GET / the demo page (control/assets/index.html).
   Those two need the lead's route patch (/tmp/demo-wiring.patch): the tests named *_needs_route_patch.
 
@@ -18,8 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urljoin
@@ -27,11 +36,13 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from conftest import free_tcp_port, free_udp_range, server_binary
 from webrtc_clients import SDP_CT, TRICKLE_CT, SineAudioTrack, SyntheticVideoTrack, new_pc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = REPO_ROOT / "docs" / "openapi.json"
 HTTP_API_RS = REPO_ROOT / "control" / "src" / "http_api.rs"
+GATEWAY_RS = REPO_ROOT / "control" / "src" / "gateway.rs"
 AUTH_RS = REPO_ROOT / "control" / "src" / "auth.rs"
 DEMO_PAGE = REPO_ROOT / "control" / "assets" / "index.html"
 
@@ -50,7 +61,13 @@ ROUTES = {
     ("POST", "/whep/endpoint"),
     ("DELETE", "/whep/conn/{id}"),
     ("PATCH", "/whep/conn/{id}"),
+    # `sfumato media`: a session a gateway placed on another node (gateway.rs); 404 on a standalone server
+    ("DELETE", "/whip/conn/{node}/{id}"),
+    ("PATCH", "/whip/conn/{node}/{id}"),
+    ("DELETE", "/whep/conn/{node}/{id}"),
+    ("PATCH", "/whep/conn/{node}/{id}"),
 }
+CLUSTER_ROUTES = {r for r in ROUTES if "{node}" in r[1]}
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 SECRET = "oas-secret-" + secrets.token_hex(6)
 
@@ -98,6 +115,8 @@ def operations(spec: dict):
 def schema_errors(spec: dict, schema: Any, value: Any, where: str = "$") -> list[str]:
     """A small JSON-schema check covering what docs/openapi.json uses."""
     schema = resolve(spec, schema)
+    if value is None and schema.get("nullable"):
+        return []
     t = schema.get("type")
     kinds = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool}
     if t:
@@ -277,12 +296,24 @@ def test_http_api_source_has_no_undocumented_route_or_error(spec):
     gone = sorted(route_segments - segments - {"", "openapi.json"})  # "" and openapi.json: route patch pending
     assert not gone, f"ROUTES mentions path segments http_api.rs no longer has: {gone}"
 
-    codes = set(re.findall(r'StatusCode::\w+,\s*"([A-Z][A-Z0-9_]+)"', src))
+    gateway = GATEWAY_RS.read_text()
+    assert "#[path = \"gateway.rs\"]" in src, "gateway.rs is no longer http_api's child module: update this scan"
+    codes = set(re.findall(r'StatusCode::\w+,\s*"([A-Z][A-Z0-9_]+)"', src + gateway))
+    assert {"BAD_ZONE", "NO_CAPACITY", "NODE_UNAVAILABLE"} <= codes, f"gateway.rs scan found only {sorted(codes)}"
     codes |= set(re.findall(r'AuthError::\w+(?:\([^)]*\))?\s*=>\s*"([A-Z][A-Z0-9_]+)"', AUTH_RS.read_text()))
     assert len(codes) >= 10, f"error-code scan found only {sorted(codes)}: update this scan"
     enum = set(spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
     assert codes - enum == set(), f"error codes the server sends that the Error schema lacks: {sorted(codes - enum)}"
     assert enum - codes == set(), f"error codes in the Error schema the server never sends: {sorted(enum - codes)}"
+
+    # the cluster's own headers: read from requests (parameters) or set on responses (response headers)
+    headers = {h.lower() for h in re.findall(r'"(x-sfumato-[a-z-]+)"', (src + gateway).lower())}
+    assert {"x-sfumato-zone", "x-sfumato-node"} <= headers, f"header scan found only {sorted(headers)}: update this scan"
+    documented = {resolve(spec, p)["name"].lower() for _, _, op in operations(spec) for p in op.get("parameters", [])
+                  if resolve(spec, p)["in"] == "header"}
+    documented |= {h.lower() for _, _, op in operations(spec) for r in op["responses"].values()
+                   for h in resolve(spec, r).get("headers", {})}
+    assert headers - documented == set(), f"headers http_api.rs/gateway.rs use that the spec never mentions: {sorted(headers - documented)}"
 
 
 # ----------------------------------------------------------- against the server ---
@@ -338,13 +369,13 @@ def test_every_operation_answers_as_documented(dev_server, spec):
         check_response(spec, "DELETE", spec_path, r)
         seen |= {("PATCH", spec_path), ("DELETE", spec_path)}
     assert dev_server.health()["sessions"] == 0
-    untested = ROUTES - seen - {("GET", "/"), ("GET", "/openapi.json")}
+    untested = ROUTES - seen - {("GET", "/"), ("GET", "/openapi.json")} - CLUSTER_ROUTES  # those: cluster test below
     assert not untested, f"no well-formed request for {sorted(untested)}: add one to well_formed()"
 
 
 def test_options_on_every_path_is_the_documented_preflight(dev_server, spec):
     for path in spec["paths"]:
-        url = dev_server.base_url + path.replace("{kind}", "whip").replace("{room}", "r").replace("{id}", "x")
+        url = dev_server.base_url + path.replace("{kind}", "whip").replace("{room}", "r").replace("{node}", "n").replace("{id}", "x")
         r = httpx.options(url, headers={"Origin": "http://example.test", "Access-Control-Request-Method": "POST",
                                         "Access-Control-Request-Headers": "content-type, authorization"}, timeout=10)
         assert r.status_code == 204, (path, r.status_code)
@@ -356,7 +387,7 @@ def test_options_on_every_path_is_the_documented_preflight(dev_server, spec):
         assert {"location", "etag", "link"} <= exposed, r.headers
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/token/whip", "/whip/r", "/whep/endpoint", "/whip/conn/x"])
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/token/whip", "/whip/r", "/whep/endpoint", "/whip/conn/x", "/whep/conn/n/x"])
 def test_undocumented_method_on_a_known_path_is_405(dev_server, spec, path):
     r = httpx.put(dev_server.base_url + path, content=b"x", timeout=10)
     assert r.status_code == 405, (path, r.status_code, r.text)
@@ -435,10 +466,18 @@ def test_documented_errors(secure_server, spec):
         check_response(spec, "DELETE", f"/{kind}/conn/{{id}}", r)
     assert secure_server.health()["sessions"] == 0
 
-    # every documented 4xx was provoked (500/503 need a broken server)
+    # a standalone server has no other node: the node routes answer 404 (all of their 4xx: the cluster test)
+    for kind in ("whip", "whep"):
+        for method in ("DELETE", "PATCH"):
+            kw = {"content": TRICKLE_FRAG, "headers": auth(own[kind], TRICKLE_CT)} if method == "PATCH" else {}
+            r = httpx.request(method, f"{base}/{kind}/conn/somenode/{'0' * 32}", timeout=10, **kw)
+            assert r.status_code == 404, (method, kind, r.status_code, r.text)
+            check_response(spec, method, f"/{kind}/conn/{{node}}/{{id}}", r)
+
+    # every documented 4xx was provoked (500/503 need a broken server); cluster routes: the cluster test
     for method, path, op in operations(spec):
         for code in op["responses"]:
-            if code.startswith("4"):
+            if code.startswith("4") and (method, path) not in CLUSTER_ROUTES:
                 assert (method, path, code) in covered, f"documented {method} {path} {code} is never provoked here"
 
 
@@ -465,3 +504,203 @@ def test_served_demo_page_equals_the_file_needs_route_patch(dev_server, spec):
     for path in ("/", "/openapi.json"):
         r = httpx.post(dev_server.base_url + path, content=b"x", timeout=10)
         assert r.status_code == 405, (path, r.status_code)
+
+
+# ------------------------------------------------------------- cluster routes ---
+
+
+class MediaNode:
+    """One `sfumato media` node on loopback (`--cores 1`), secure mode."""
+
+    def __init__(self, name: str, zone: str, secret: str, seeds: tuple = (), extra: tuple = ()):
+        self.name, self.zone = name, zone
+        self.http_port = free_tcp_port()
+        self.quic_port = free_udp_range(1, exclude={self.http_port})
+        self.webrtc_port = free_udp_range(1, exclude={self.http_port, self.quic_port})
+        fd, log = tempfile.mkstemp(prefix=f"sfumato-oas-{name}-", suffix=".log")
+        self.log_path = Path(log)
+        cmd = [str(server_binary()), "media", "--node-id", name, "--zone", zone, "--cores", "1", "--no-pin",
+               "--http-addr", "127.0.0.1", "--http-port", str(self.http_port), "--webrtc-port", str(self.webrtc_port),
+               "--webrtc-ips", "127.0.0.1", "--rtmp-port", "0", "--quic-port", str(self.quic_port),
+               "--advertise-ip", "127.0.0.1", "--secret", secret, *extra]
+        if seeds:
+            cmd += ["--seeds", ",".join(seeds)]
+        env = dict(os.environ, RUST_LOG="info,str0m=warn", NO_COLOR="1")
+        env.pop("SFUMATO_SECRET", None)
+        with os.fdopen(fd, "wb") as f:
+            f.write(("$ " + " ".join(cmd) + "\n").encode())
+            f.flush()
+            self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def quic(self) -> str:
+        return f"127.0.0.1:{self.quic_port}"
+
+    def log_tail(self, n: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/healthz", timeout=5).json()
+
+    def wait(self, what: str, ok, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"{self.name} exited:\n{self.log_tail()}"
+            try:
+                if ok():
+                    return
+            except (httpx.HTTPError, KeyError, TypeError, ValueError):
+                pass
+            assert time.monotonic() < deadline, f"{self.name}: {what} not within {timeout}s:\n{self.log_tail()}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster():
+    """a (zone z1, the seed) and b (zone z2), linked; c: a node of its own with `--max-sessions 1`."""
+    secret = "oas-cluster-" + secrets.token_hex(6)
+    nodes = []
+    try:
+        a = MediaNode("a", "z1", secret)
+        nodes.append(a)
+        b = MediaNode("b", "z2", secret, seeds=(a.quic,))
+        nodes.append(b)
+        c = MediaNode("c", "z1", secret, extra=("--max-sessions", "1"))
+        nodes.append(c)
+        for n in (a, b):
+            n.wait("a live link to the other node",
+                   lambda n=n: any(m["status"] == "alive" and not m["is_self"] for m in n.health()["cluster"]["nodes"]))
+        c.wait("healthy", lambda: c.health()["status"] == "ok")
+        yield a, b, c, secret
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_cluster_routes_answer_as_documented(cluster, spec):
+    """Two `sfumato media` nodes: sessions placed through a gateway (`X-Sfumato-Zone`), their
+    `/{kind}/conn/{node}/{id}` resources, and every documented 4xx of those routes, plus the cluster-only
+    errors (BAD_ZONE, NO_CAPACITY, NODE_UNAVAILABLE) and the `cluster` object of /healthz."""
+    a, b, c, secret = cluster
+    try:
+        _cluster_routes(a, b, c, secret, spec)
+    except AssertionError as e:
+        logs = "\n".join(f"--- {n.name} ---\n{n.log_tail()}" for n in (a, b, c))
+        raise AssertionError(f"{e}\n{logs}") from None
+
+
+def _cluster_routes(a: MediaNode, b: MediaNode, c: MediaNode, secret: str, spec: dict) -> None:
+    r = httpx.get(f"{a.url}/healthz", timeout=10)
+    check_response(spec, "GET", "/healthz", r)
+    assert r.json()["cluster"]["node_id"] == "a" and r.json()["cluster"]["zone"] == "z1", r.json()["cluster"]
+    room = "oas-cluster"
+    sdp = {"whip": asyncio.run(offer_sdp("whip")), "whep": asyncio.run(offer_sdp("whep"))}
+    own = {k: token(a.url, k, room, secret) for k in ("whip", "whep")}
+    other = {"whip": own["whep"], "whep": own["whip"]}
+
+    def auth(t: Optional[str], ctype: Optional[str] = SDP_CT, zone: Optional[str] = None) -> dict:
+        h = {"Content-Type": ctype} if ctype else {}
+        if zone is not None:
+            h["X-Sfumato-Zone"] = zone
+        return {**h, "Authorization": f"Bearer {t}"} if t else h
+
+    covered = set()
+
+    def expect(method: str, path: str, url: str, want: int, **kw) -> httpx.Response:
+        r = httpx.request(method, urljoin(a.url + "/", url), timeout=15, **kw)
+        assert r.status_code == want, f"{method} {url}: want {want}, got {r.status_code} {r.text[:300]}"
+        check_response(spec, method, path, r)
+        covered.add((method, path, str(want)))
+        return r
+
+    # Through gateway a, zone z2: both sessions are placed on b and relayed.
+    loc = {}
+    for kind in ("whip", "whep"):
+        r = expect("POST", f"/{kind}/{{room}}", f"/{kind}/{room}", 201, content=sdp[kind], headers=auth(own[kind], zone="z2"))
+        assert r.headers.get("x-sfumato-node") == "b", r.headers
+        assert re.fullmatch(rf"/{kind}/conn/b/[0-9a-f]{{32}}", r.headers["location"]), r.headers["location"]
+        assert "x-sfumato-node" in r.headers["access-control-expose-headers"].lower(), r.headers
+        loc[kind] = r.headers["location"]
+    assert b.health()["sessions"] == 2 and a.health()["sessions"] == 0
+
+    # ... and on a itself (its own zone): plain Location, no X-Sfumato-Node; reachable as /{kind}/conn/a/{id} too.
+    local = {}
+    for kind in ("whip", "whep"):
+        tok = token(a.url, kind, f"{room}-a", secret)
+        r = expect("POST", f"/{kind}/{{room}}", f"/{kind}/{room}-a", 201, content=sdp[kind], headers=auth(tok, zone="z1"))
+        assert "x-sfumato-node" not in r.headers, r.headers
+        assert re.fullmatch(rf"/{kind}/conn/[0-9a-f]{{32}}", r.headers["location"]), r.headers["location"]
+        local[kind] = (r.headers["location"].replace("/conn/", "/conn/a/"), tok)
+
+    # /endpoint: room from the token, placed the same way
+    for kind in ("whip", "whep"):
+        tok = token(a.url, kind, f"{room}-ep", secret)
+        r = expect("POST", f"/{kind}/endpoint", f"/{kind}/endpoint", 201, content=sdp[kind], headers=auth(tok, zone="z2"))
+        assert r.headers.get("x-sfumato-node") == "b", r.headers
+        expect("DELETE", f"/{kind}/conn/{{node}}/{{id}}", r.headers["location"], 200, headers=auth(tok, None))
+        # 400 BAD_ZONE
+        r = expect("POST", f"/{kind}/endpoint", f"/{kind}/endpoint", 400, content=sdp[kind], headers=auth(tok, zone="no zone!"))
+        assert r.json()["error"] == "BAD_ZONE", r.text
+        r = expect("POST", f"/{kind}/{{room}}", f"/{kind}/{room}", 400, content=sdp[kind], headers=auth(own[kind], zone="x" * 65))
+        assert r.json()["error"] == "BAD_ZONE", r.text
+
+    for kind in ("whip", "whep"):
+        path, frag, l = f"/{kind}/conn/{{node}}/{{id}}", TRICKLE_FRAG, loc[kind]
+        expect("DELETE", path, l, 401)  # b: TOKEN_MISSING
+        expect("DELETE", path, l, 403, headers=auth(other[kind], None))  # b: TOKEN_NOT_OWNER
+        expect("DELETE", path, f"/{kind}/conn/b/not-an-id", 404, headers=auth(own[kind], None))  # the gateway
+        expect("DELETE", path, f"/{kind}/conn/b/{'0' * 32}", 404, headers=auth(own[kind], None))  # b
+        expect("PATCH", path, l, 401, content=frag, headers=auth(None, TRICKLE_CT))
+        expect("PATCH", path, l, 403, content=frag, headers=auth(other[kind], TRICKLE_CT))
+        expect("PATCH", path, f"/{kind}/conn/b/{'0' * 32}", 404, content=frag, headers=auth(own[kind], TRICKLE_CT))
+        expect("PATCH", path, l, 415, content=frag, headers=auth(own[kind], SDP_CT))
+        expect("PATCH", path, l, 413, content="a" * 70000, headers=auth(own[kind], TRICKLE_CT))
+        expect("PATCH", path, l, 400, content="hello", headers=auth(own[kind], TRICKLE_CT))
+        r = expect("DELETE", path, f"/{kind}/conn/ghost/{'0' * 32}", 503, headers=auth(own[kind], None))
+        assert r.json()["error"] == "NODE_UNAVAILABLE", r.text
+        # If-Match is only checked when the session is on the gateway itself
+        lloc, ltok = local[kind]
+        expect("PATCH", path, lloc, 412, content=frag, headers={**auth(ltok, TRICKLE_CT), "If-Match": '"stale"'})
+        expect("PATCH", path, lloc, 204, content=frag, headers=auth(ltok, TRICKLE_CT))
+        expect("DELETE", path, lloc, 200, headers=auth(ltok, None))
+        # well-formed, relayed to b
+        expect("PATCH", path, l, 204, content=frag, headers=auth(own[kind], TRICKLE_CT))
+        r = expect("PATCH", path, l, 200, content=RESTART_FRAG, headers={**auth(own[kind], TRICKLE_CT), "If-Match": "*"})
+        assert "a=ice-ufrag:" in r.text and r.headers.get("etag"), r.text
+        expect("DELETE", path, l, 200, headers=auth(own[kind], None))
+    a.wait("sessions gone", lambda: a.health()["sessions"] == 0, timeout=5)
+    b.wait("sessions gone", lambda: b.health()["sessions"] == 0, timeout=5)
+
+    # every documented 4xx of the node routes was provoked above
+    for method, path, op in operations(spec):
+        for code in op["responses"]:
+            if code.startswith("4") and (method, path) in CLUSTER_ROUTES:
+                assert (method, path, code) in covered, f"documented {method} {path} {code} is never provoked here"
+
+    # 503 NO_CAPACITY: c takes one session (`--max-sessions 1`), then refuses the next once its load shows it
+    tok = token(c.url, "whep", room, secret)
+    r = httpx.post(f"{c.url}/whep/{room}", content=sdp["whep"], headers=auth(tok), timeout=10)
+    assert r.status_code == 201, r.text
+    deadline = time.monotonic() + 10
+    while True:
+        r = httpx.post(f"{c.url}/whep/{room}", content=sdp["whep"], headers=auth(tok), timeout=10)
+        if r.status_code == 503 or time.monotonic() > deadline:
+            break
+        assert r.status_code == 201, r.text
+        httpx.delete(c.url + r.headers["location"], headers=auth(tok, None), timeout=10)
+        time.sleep(0.3)
+    assert r.status_code == 503 and r.json()["error"] == "NO_CAPACITY", (r.status_code, r.text)
+    check_response(spec, "POST", "/whep/{room}", r)

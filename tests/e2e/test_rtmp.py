@@ -162,10 +162,62 @@ async def _rtmp_garbage_closed_server_keeps_serving(server):
     h = await healthz(server.base_url)
     assert h["status"] == "ok"
     assert h["stats"]["rtmp_sessions"] == 0, h["stats"]
+    assert h["stats"]["rtmp_rejected"] >= 3, h["stats"]  # each garbage connection closed and counted
     # A real publisher still works after that.
     ff = ffmpeg_publish("rtmp-after-garbage", "-profile:v", "baseline", "-bf", "0")
     try:
         await wait_publishers(server.base_url, 1, timeout=10)
+    finally:
+        stop(ff)
+
+
+@pytest.mark.timeout(90)
+def test_rtmp_slowloris_closed_while_a_publisher_streams(server):
+    asyncio.run(_rtmp_slowloris_closed_while_a_publisher_streams(server))
+
+
+async def _rtmp_slowloris_closed_while_a_publisher_streams(server):
+    """Connections that dribble a handshake byte by byte (and ones that send nothing) are closed ~10 s after
+    they connect (no publish request in time); a real publisher's viewer keeps its frame rate meanwhile."""
+
+    def slowloris(dribble: bool) -> float:
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", RTMP_PORT), timeout=5) as s:
+            s.settimeout(0.5)
+            handshake = b"\x03" + bytes(1536)
+            for i in range(60):  # never more than 60 s
+                try:
+                    if dribble and i < len(handshake):
+                        s.sendall(handshake[i : i + 1])
+                    if s.recv(65536) == b"":
+                        return time.monotonic() - t0  # closed by the server
+                except socket.timeout:
+                    continue
+                except OSError:  # reset by the server
+                    return time.monotonic() - t0
+        return float("inf")
+
+    ff = ffmpeg_publish("rtmp-slowloris", "-profile:v", "baseline", "-bf", "0")
+    try:
+        await wait_publishers(server.base_url, 1, timeout=10)
+        viewer = await play(server.base_url, "rtmp-slowloris", video_codec="H264")
+        try:
+            await viewer.wait_connected(10)
+            await viewer.stats.wait_video_frames(10, timeout=15)
+            slow = [asyncio.to_thread(slowloris, d) for d in (True, True, False, False)]
+            n0 = viewer.stats.video_frames
+            t0 = time.monotonic()
+            closed_after = await asyncio.gather(*slow)
+            fps = (viewer.stats.video_frames - n0) / (time.monotonic() - t0)
+            print(f"slow connections closed after {closed_after} s; viewer {fps:.1f} fps meanwhile")
+            assert all(8 <= t <= 20 for t in closed_after), closed_after
+            assert fps >= MIN_FPS, viewer.stats.summary()
+            h = await healthz(server.base_url)
+            assert h["stats"]["rtmp_sessions"] == 1, h["stats"]  # only the real publisher is left
+            assert h["stats"]["rtmp_rejected"] >= 4, h["stats"]  # each closed with a reason and counted
+            await delete(server.base_url, viewer.location)
+        finally:
+            await viewer.close()
     finally:
         stop(ff)
 

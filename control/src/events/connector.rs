@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::hook::HookSink;
 use super::nats::NatsSink;
-use super::{EventBus, EventRecord};
+use super::{BusCounters, EventBus, EventRecord};
 
 /// Default size of each sink's outbox (events held while the sink is unreachable).
 pub const DEFAULT_BUFFER: usize = 10_000;
@@ -95,12 +95,27 @@ pub struct ConnectorStats {
     pub connected: AtomicBool,
     pub nats: SinkStats,
     pub hook: SinkStats,
+    /// The bus's own counters (events queued by the cores, dropped at a full queue), set at start.
+    bus: OnceLock<BusCounters>,
 }
 
 impl ConnectorStats {
+    /// Events the cores queued that the connector thread has not taken yet.
+    pub fn queue_depth(&self) -> u64 {
+        let accepted = self.bus.get().map_or(0, |b| b.accepted.load(Ordering::Relaxed));
+        accepted.saturating_sub(self.received.load(Ordering::Relaxed))
+    }
+
+    /// Events dropped because the queue from the cores was full.
+    pub fn queue_dropped(&self) -> u64 {
+        self.bus.get().map_or(0, |b| b.dropped.load(Ordering::Relaxed))
+    }
+
     /// For `/healthz`-style JSON.
     pub fn snapshot(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
+            "queued": self.queue_depth(),
+            "queue_dropped": self.queue_dropped(),
             "received": self.received.load(Ordering::Relaxed),
             "published": self.published.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
@@ -113,6 +128,44 @@ impl ConnectorStats {
             }
         }
         v
+    }
+
+    /// Prometheus text: the queue from the cores, then per sink (`sink="nats"|"hook"`, configured ones only).
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::stats::header;
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            header(out, name, help, "gauge");
+            out.push_str(&format!("{name} {v}\n"));
+        };
+        gauge(out, "sfumato_events_queue_depth", "Events queued by the cores, not yet taken by the events connector", self.queue_depth());
+        header(out, "sfumato_events_received_total", "Events the events connector took from the queue", "counter");
+        out.push_str(&format!("sfumato_events_received_total {}\n", self.received.load(Ordering::Relaxed)));
+        let sinks: Vec<(&str, &SinkStats)> =
+            [("nats", &self.nats), ("hook", &self.hook)].into_iter().filter(|(_, s)| s.enabled.load(Ordering::Relaxed)).collect();
+        type Get = fn(&SinkStats) -> u64;
+        let per_sink: [(&str, &str, &str, Get); 5] = [
+            ("sfumato_events_buffered", "gauge", "Events a sink holds, not yet acknowledged by the far end", |s| {
+                s.buffered.load(Ordering::Relaxed)
+            }),
+            ("sfumato_events_connected", "gauge", "Whether a sink is connected (1) or reconnecting (0)", |s| {
+                s.connected.load(Ordering::Relaxed) as u64
+            }),
+            ("sfumato_events_published_total", "counter", "Events a sink delivered (acknowledged by the far end)", |s| {
+                s.published.load(Ordering::Relaxed)
+            }),
+            ("sfumato_events_dropped_total", "counter", "Events a sink lost: outbox overflow, oversized, or rejected", |s| {
+                s.dropped.load(Ordering::Relaxed)
+            }),
+            ("sfumato_events_reconnects_total", "counter", "Successful reconnects of a sink after its first connect", |s| {
+                s.reconnects.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, kind, help, get) in per_sink {
+            header(out, name, help, kind);
+            for (sink, s) in &sinks {
+                out.push_str(&format!("{name}{{sink=\"{sink}\"}} {}\n", get(s)));
+            }
+        }
     }
 
     fn refresh_totals(&self) {
@@ -190,6 +243,7 @@ pub fn start(node: &str, cfg: ConnectorConfig) -> io::Result<(EventBus, Option<C
     }
     let _ = ACTIVE.set(stats.clone());
     let (bus, rx) = EventBus::bounded(node, BUS_CAPACITY);
+    let _ = stats.bus.set(bus.counters());
     let closing = Arc::new(AtomicBool::new(false));
     let (st, cl) = (stats.clone(), closing.clone());
     let handle = std::thread::Builder::new()
@@ -688,7 +742,15 @@ mod tests {
         }
         assert!(t0.elapsed() >= FINAL_FLUSH - Duration::from_millis(300), "gave up before the flush deadline");
         assert_eq!(c.stats.received.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.queue_depth(), 0, "the event was taken off the queue");
         assert_eq!(c.stats.buffered.load(Ordering::Relaxed), 1);
+        let mut m = String::new();
+        c.stats.render_metrics(&mut m);
+        assert!(m.contains("# TYPE sfumato_events_queue_depth gauge\nsfumato_events_queue_depth 0\n"), "{m}");
+        assert!(m.contains("sfumato_events_buffered{sink=\"nats\"} 1\n"), "{m}");
+        assert!(m.contains("sfumato_events_connected{sink=\"nats\"} 0\n"), "{m}");
+        assert!(m.contains("# TYPE sfumato_events_dropped_total counter\nsfumato_events_dropped_total{sink=\"nats\"} 0\n"), "{m}");
+        assert!(!m.contains("sink=\"hook\""), "the hook is not configured: {m}");
         assert_eq!(c.stats.published.load(Ordering::Relaxed), 0);
         assert!(c.finish(Duration::from_secs(1)));
     }

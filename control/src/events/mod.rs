@@ -44,19 +44,21 @@ impl EventRecord {
 pub struct EventBus {
     tx: Option<SyncSender<EventRecord>>,
     dropped: Arc<AtomicU64>,
+    /// Events queued (the connector counts those it took: the difference is the queue's depth).
+    accepted: Arc<AtomicU64>,
     pub node: Arc<str>,
 }
 
 impl EventBus {
     /// A bus whose events go nowhere (no connector configured).
     pub fn disabled(node: &str) -> Self {
-        Self { tx: None, dropped: Arc::new(AtomicU64::new(0)), node: node.into() }
+        Self { tx: None, dropped: Arc::default(), accepted: Arc::default(), node: node.into() }
     }
 
     /// A bus with room for `capacity` queued events, and the receiver the connector drains.
     pub fn bounded(node: &str, capacity: usize) -> (Self, Receiver<EventRecord>) {
         let (tx, rx) = sync_channel(capacity);
-        (Self { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), node: node.into() }, rx)
+        (Self { tx: Some(tx), dropped: Arc::default(), accepted: Arc::default(), node: node.into() }, rx)
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -66,7 +68,9 @@ impl EventBus {
     pub fn emit(&self, ev: EventRecord) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(ev) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -77,6 +81,20 @@ impl EventBus {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// The bus's counters, for the connector's statistics (they outlive every clone of the bus).
+    pub fn counters(&self) -> BusCounters {
+        BusCounters { accepted: self.accepted.clone(), dropped: self.dropped.clone() }
+    }
+}
+
+/// An [`EventBus`]'s counters without its sender (holding one would keep the queue open).
+#[derive(Debug, Clone, Default)]
+pub struct BusCounters {
+    /// Events queued for the connector.
+    pub accepted: Arc<AtomicU64>,
+    /// Events dropped because the queue was full or the connector gone.
+    pub dropped: Arc<AtomicU64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -98,6 +116,7 @@ mod tests {
             bus.emit(ev("peer.joined"));
         }
         assert_eq!(bus.dropped(), 3);
+        assert_eq!(bus.counters().accepted.load(Ordering::Relaxed), 2);
         assert_eq!(rx.try_iter().count(), 2);
         let off = EventBus::disabled("n");
         off.emit(ev("peer.left"));
