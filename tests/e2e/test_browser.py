@@ -69,6 +69,12 @@ VIEWER_STATS_JS = """async () => {
 # ---------------------------------------------------------------- helpers ---
 
 
+def camera_size_ok(width: int, height: int) -> bool:
+    """Chromium's fake camera is 640x480; on a loaded machine its encoder scales down (CPU adaptation), so
+    any 4:3 size from 320 wide up is the camera's picture."""
+    return 320 <= width <= 640 and width * 3 == height * 4
+
+
 @contextlib.asynccontextmanager
 async def chromium():
     try:
@@ -203,7 +209,7 @@ def test_demo_page_publishes_and_another_page_watches(dev_server):
             await wait_state(view, "whep")
             await wait_frames(view, 1)
             st = await assert_frames_grow(view)
-            assert (st["width"], st["height"]) == (640, 480), st  # Chromium's fake camera
+            assert camera_size_ok(st["width"], st["height"]), st  # Chromium's fake camera
             h = dev_server.health()
             assert (h["publishers"], h["viewers"]) == (1, 1), h
             # the page's own live stats (updated every second)
@@ -288,7 +294,7 @@ def test_cross_origin_page_publishes(dev_server, other_origin):
             try:
                 await viewer.wait_connected(10)
                 await viewer.stats.wait_video_frames(10, timeout=15)
-                assert viewer.stats.video_sizes == {(640, 480)}, viewer.stats.summary()
+                assert viewer.stats.video_sizes and all(camera_size_ok(w, h) for w, h in viewer.stats.video_sizes), viewer.stats.summary()
                 assert await delete(base, viewer.location) == 200
             finally:
                 await viewer.close()

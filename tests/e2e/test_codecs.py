@@ -168,7 +168,9 @@ def test_chromium_publishes_codec_chromium_plays(dev_server, other_origin, codec
             if codec == "H264":
                 assert profile_of(ps["fmtp"]) and profile_of(st["fmtp"]) == profile_of(ps["fmtp"]), (ps, st)
             assert fps >= MIN_FPS, f"viewer decoded {fps:.1f} fps of {codec}: {st}"
-            assert (st["width"], st["height"]) == (640, 480), st
+            # The fake camera is 640x480; a loaded machine makes Chromium's encoder scale down (CPU
+            # adaptation), so accept any 4:3 size from 320 wide up.
+            assert st["width"] >= 320 and st["width"] * 3 == st["height"] * 4 and st["width"] <= 640, st
             assert st["audioPackets"] > 0, st
             await stop_all(base, view, pub)
 
