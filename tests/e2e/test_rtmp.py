@@ -140,6 +140,34 @@ async def _rtmp_b_frames_refused(server):
     assert h["stats"]["rtmp_rejected"] >= 1, h["stats"]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(
+    subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout.find("libmp3lame") < 0
+    if shutil.which("ffmpeg") else True,
+    reason="ffmpeg without libmp3lame",
+)
+def test_rtmp_mp3_audio_refused_with_reason(server):
+    """H.264 + MP3 (not AAC): the server closes the publish, counts it and logs why."""
+    cmd = [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+        "-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30",
+        "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "20",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v", "baseline", "-bf", "0", "-preset", "ultrafast",
+        "-g", "30", "-c:a", "libmp3lame", "-ar", "44100",
+        "-f", "flv", f"rtmp://127.0.0.1:{RTMP_PORT}/live/rtmp-mp3",
+    ]
+    ff = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    try:
+        rc = ff.wait(15)
+    finally:
+        out = stop(ff)
+    assert rc != 0, f"ffmpeg should fail when the server closes the connection: {out}"
+    h = httpx.get(f"{server.base_url}/healthz", timeout=5).json()
+    assert h["publishers"] == 0 and h["stats"]["rtmp_rejected"] >= 1, h["stats"]
+    log = server.log_path.read_text()
+    assert "only AAC is supported" in log, log[-2000:]
+
+
 @pytest.mark.timeout(90)
 def test_rtmp_garbage_closed_server_keeps_serving(server):
     asyncio.run(_rtmp_garbage_closed_server_keeps_serving(server))
