@@ -301,6 +301,8 @@ struct Inner {
     loads: CoreLoads,
     cpu: CpuMeter,
     next_load: Instant,
+    /// Media bytes of all cores at the previous load sample (bandwidth = the difference over the interval).
+    last_media_bytes: Option<(u64, Instant)>,
     seeds: Arc<Mutex<Vec<SocketAddr>>>,
     view_dirty: bool,
 }
@@ -334,6 +336,7 @@ impl ClusterNode {
                 loads: setup.loads,
                 cpu: CpuMeter::new(cores),
                 next_load: now,
+                last_media_bytes: None,
                 seeds: setup.seeds,
                 view_dirty: true,
             }),
@@ -538,9 +541,16 @@ impl Inner {
         }
         if now >= self.next_load {
             self.next_load = now + LOAD_TICK;
-            let sessions: usize = self.loads.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+            let sessions: usize = self.loads.iter().map(|l| l.sessions.load(Ordering::Relaxed)).sum();
+            let bytes: u64 = self.loads.iter().map(|l| l.media_bytes.load(Ordering::Relaxed)).sum();
+            let bandwidth_bps = match self.last_media_bytes.replace((bytes, now)) {
+                Some((before, at)) if now > at => {
+                    (bytes.saturating_sub(before) as f64 * 8.0 / now.duration_since(at).as_secs_f64()) as u64
+                }
+                _ => 0,
+            };
             let cpu = self.cpu.sample(now);
-            self.mem.update_self_load(Load { cpu_permille: cpu, sessions: sessions as u32, bandwidth_bps: 0 });
+            self.mem.update_self_load(Load { cpu_permille: cpu, sessions: sessions as u32, bandwidth_bps });
             let seeds = match self.seeds.lock() {
                 Ok(s) => s.clone(),
                 Err(p) => p.into_inner().clone(),

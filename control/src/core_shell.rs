@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,17 @@ enum Reply {
     RtmpPublish(Result<u64, OfferError>),
 }
 
-/// Session counts per core, read by HTTP handlers to place viewers on the least-loaded core. The only state
-/// cores share outside the rings: one word per core, written by its owner, never on the packet path.
-pub type CoreLoads = Arc<Vec<AtomicUsize>>;
+/// One core's load, written by that core on every timer tick (never on the packet path), read by HTTP
+/// handlers to place viewers on the least-loaded core and by the cluster shell for the gossiped node load.
+/// The only state cores share outside the rings.
+#[derive(Default)]
+pub struct CoreLoad {
+    pub sessions: AtomicUsize,
+    /// UDP bytes received + sent by the core since start (media bandwidth = its rate of change).
+    pub media_bytes: AtomicU64,
+}
+
+pub type CoreLoads = Arc<Vec<CoreLoad>>;
 
 pub struct CoreShell {
     pub state: RefCell<CoreState>,
@@ -193,7 +201,12 @@ impl CoreShell {
         loop {
             let now = Instant::now();
             let next = self.state.borrow_mut().on_tick(now);
-            self.loads[self.core()].store(self.state.borrow().session_count(), Ordering::Relaxed);
+            {
+                let st = self.state.borrow();
+                let load = &self.loads[self.core()];
+                load.sessions.store(st.session_count(), Ordering::Relaxed);
+                load.media_bytes.store(st.stats.udp_bytes_in + st.stats.udp_bytes_out, Ordering::Relaxed);
+            }
             self.flush().await;
             let wait = next
                 .map(|t| t.saturating_duration_since(Instant::now()))
@@ -322,7 +335,7 @@ impl CoreShell {
 
     /// The core a new viewer should live on: the one with the fewest sessions.
     pub fn least_loaded_core(&self) -> usize {
-        (0..self.cores()).min_by_key(|&c| (self.loads[c].load(Ordering::Relaxed), c != self.core())).unwrap_or(0)
+        (0..self.cores()).min_by_key(|&c| (self.loads[c].sessions.load(Ordering::Relaxed), c != self.core())).unwrap_or(0)
     }
 
     /// Creates a session on `core` (this one or another).

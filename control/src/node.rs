@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sfumato_engine::{Engine, EngineConfig, Mesh, Shutdown};
@@ -10,7 +10,7 @@ use sfumato_net::local_addrs::interface_addresses;
 use sfumato_net::udp::bind_udp;
 
 use crate::config::{ClusterArgs, MediaArgs, NodeArgs};
-use crate::core_shell::{CoreLoads, CoreShell};
+use crate::core_shell::{CoreLoad, CoreLoads, CoreShell};
 use crate::core_state::CoreState;
 use crate::messages::{ControlMsg, MediaMsg};
 
@@ -106,7 +106,7 @@ fn run(args: NodeArgs, cluster: Option<ClusterArgs>) -> Result<(), NodeError> {
     let cert = str0m::crypto::from_feature_flags().dtls_provider.generate_certificate();
     let control_mesh = Arc::new(Mutex::new(Mesh::<ControlMsg>::new(cores, CONTROL_RING)));
     let media_mesh = Arc::new(Mutex::new(Mesh::<MediaMsg>::new(cores, MEDIA_RING)));
-    let loads: CoreLoads = Arc::new((0..cores).map(|_| AtomicUsize::new(0)).collect());
+    let loads: CoreLoads = Arc::new((0..cores).map(|_| CoreLoad::default()).collect());
     let failed = Arc::new(AtomicBool::new(false));
     tracing::info!(
         cores,

@@ -357,6 +357,9 @@ def test_cascade_one_copy_per_zone_pair(cluster):
         assert 0.9 * published <= received_b <= 1.1 * published
         # b fans its one stream out to its two viewers.
         assert 1.8 * published <= forwarded_b <= 2.2 * published, (forwarded_b, published)
+        # Gossiped load: b sees the publisher's node moving media (1 Mbit/s in, a copy out to the relay).
+        a_seen_by_b = next(n for n in b.cluster()["nodes"] if n["id"] == "a")
+        assert a_seen_by_b["load"]["bandwidth_bps"] > 500_000, a_seen_by_b
         metrics = httpx.get(f"{a.url}/metrics", timeout=5).text
         for line in ("sfumato_cluster_links_up 3", "sfumato_cluster_members 3", "sfumato_cascade_packets_out_total ",
                      f'sfumato_cascade_export_packets_total{{room="{room}",node="{relay}"}}'):
