@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from conftest import server_binary
-from webrtc_clients import SDP_CT, SineAudioTrack, SyntheticVideoTrack, new_pc
+from webrtc_clients import SDP_CT, offer_sdp
 
 STUN = "stun:stun.example.org:3478"
 TURN = "turn:turn.example.org?transport=udp"
@@ -42,19 +42,6 @@ def assert_ice_links(r: httpx.Response) -> None:
         (TURN, {"rel": "ice-server", "username": USER, "credential": CRED, "credential-type": "password"}),
     ], r.headers.get_list("link")
 
-
-async def offer_sdp(kind: str) -> str:
-    pc = new_pc()
-    if kind == "whip":
-        pc.addTransceiver(SyntheticVideoTrack(), direction="sendonly")
-        pc.addTransceiver(SineAudioTrack(), direction="sendonly")
-    else:
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def preflight(url: str) -> httpx.Response:

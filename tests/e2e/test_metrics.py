@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from webrtc_clients import SDP_CT, SineAudioTrack, SyntheticVideoTrack, new_pc
+from webrtc_clients import SDP_CT, offer_sdp
 
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? (-?[0-9.e+]+|NaN|\+Inf)$')
 SECRET = "metrics-secret"
@@ -51,19 +51,6 @@ def scrape(base: str) -> tuple[dict, dict, dict]:
 def requests_total(samples: dict, route: str, status: str) -> float:
     return samples.get(("sfumato_http_requests_total", (("route", route), ("status", status))), 0.0)
 
-
-async def offer_sdp(kind: str) -> str:
-    pc = new_pc()
-    if kind == "whip":
-        pc.addTransceiver(SyntheticVideoTrack(), direction="sendonly")
-        pc.addTransceiver(SineAudioTrack(), direction="sendonly")
-    else:
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def test_names_follow_prometheus_conventions(server):

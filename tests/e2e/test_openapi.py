@@ -37,7 +37,7 @@ import httpx
 import pytest
 
 from conftest import free_tcp_port, free_udp_range, server_binary
-from webrtc_clients import SDP_CT, TRICKLE_CT, SineAudioTrack, SyntheticVideoTrack, new_pc
+from webrtc_clients import SDP_CT, TRICKLE_CT, offer_sdp
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = REPO_ROOT / "docs" / "openapi.json"
@@ -180,19 +180,6 @@ def check_response(spec: dict, method: str, path: str, r: httpx.Response) -> dic
             assert r.json()["error"] in codes, f"error code not among the documented examples {sorted(codes)}: {what}"
     return resp
 
-
-async def offer_sdp(kind: str) -> str:
-    pc = new_pc()
-    if kind == "whip":
-        pc.addTransceiver(SyntheticVideoTrack(), direction="sendonly")
-        pc.addTransceiver(SineAudioTrack(), direction="sendonly")
-    else:
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def token(base: str, kind: str, room: str, secret: str) -> str:

@@ -39,6 +39,7 @@ from webrtc_clients import (
     _consume,
     codec_preferences,
     new_pc,
+    offer_sdp,
     play,
     publish,
     wait_sessions,
@@ -203,20 +204,6 @@ async def a_patch(location: str, token: Optional[str]) -> httpx.Response:
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as c:
         return await c.patch(location, content=frag, headers={"Content-Type": TRICKLE_CT, **bearer(token)})
 
-
-async def offer_sdp(kind: str) -> str:
-    """A genuine aiortc offer (sendonly for whip, recvonly for whep)."""
-    pc = new_pc()
-    if kind == "whip":
-        pc.addTransceiver(SyntheticVideoTrack(), direction="sendonly")
-        pc.addTransceiver(SineAudioTrack(), direction="sendonly")
-    else:
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 # ------------------------------------------------------------ token matrix ---

@@ -560,3 +560,19 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+async def offer_sdp(kind: str) -> str:
+    """A genuine aiortc offer without a session behind it: sendonly audio+video for "whip", recvonly for
+    "whep" (for tests that only look at the HTTP answer)."""
+    pc = new_pc()
+    if kind == "whip":
+        pc.addTransceiver(SyntheticVideoTrack(), direction="sendonly")
+        pc.addTransceiver(SineAudioTrack(), direction="sendonly")
+    else:
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
