@@ -59,6 +59,6 @@ pub use node::{
 };
 pub use tls::ALPN;
 pub use wire::{
-    decode_control, ControlFrame, ControlMsg, KeyframeRequest, SignalKind, SignalReply,
+    decode_control, BitrateHint, ControlFrame, ControlMsg, KeyframeRequest, SignalKind, SignalReply,
     SignalRequest, Subscribe, Unsubscribe, WireError,
 };

@@ -68,6 +68,9 @@ pub enum ControlMsg {
     SignalRequest(SignalRequest),
     /// The owning node's answer to a [`SignalRequest`].
     SignalReply(SignalReply),
+    /// The subscribing node's lowest viewer bandwidth estimate for a room (new variants go last: postcard
+    /// encodes the variant index, so the existing ones keep their encoding).
+    BitrateHint(BitrateHint),
 }
 
 /// Cascading subscription request (handling not implemented yet).
@@ -90,6 +93,14 @@ pub struct Unsubscribe {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyframeRequest {
     pub room: String,
+}
+
+/// A subscribing node's lowest bandwidth estimate (bits/s) over its viewers of `room` and the nodes it
+/// relays the room to; the source node asks its publisher for at most that (REMB).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BitrateHint {
+    pub room: String,
+    pub bps: u64,
 }
 
 /// What a proxied signalling request is.
@@ -186,6 +197,7 @@ impl Validate for ControlMsg {
             ControlMsg::Subscribe(s) => check_room(&s.room),
             ControlMsg::Unsubscribe(u) => check_room(&u.room),
             ControlMsg::KeyframeRequest(k) => check_room(&k.room),
+            ControlMsg::BitrateHint(b) => check_room(&b.room),
             ControlMsg::SignalRequest(r) => {
                 check_room(&r.room)?;
                 if let SignalKind::Patch { resource } | SignalKind::Delete { resource } = &r.kind {

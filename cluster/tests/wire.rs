@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use sfumato_cluster::wire::{decode_auth, encode_auth, AuthFrame, MAX_FRAME_LEN, WIRE_VERSION};
 use sfumato_cluster::{
-    decode_control, ControlFrame, ControlMsg, GossipEntry, GossipMsg, Hello, KeyframeRequest, Load,
+    decode_control, BitrateHint, ControlFrame, ControlMsg, GossipEntry, GossipMsg, Hello, KeyframeRequest, Load,
     NodeAddrs, NodeData, NodeId, SignalKind, SignalReply, SignalRequest, Subscribe, TrackKind,
     TrackKinds, Unsubscribe, WireError,
 };
@@ -85,7 +85,28 @@ fn samples() -> Vec<ControlMsg> {
             content_type: Some("application/sdp".into()),
             body: "v=0\r\n".into(),
         }),
+        ControlMsg::BitrateHint(BitrateHint {
+            room: "lobby".into(),
+            bps: 1_250_000,
+        }),
     ]
+}
+
+#[test]
+fn bitrate_hint_is_appended_without_changing_older_variants() {
+    // postcard writes the variant index first: the existing variants keep theirs (older nodes still
+    // understand them) and the new one is the last.
+    let kf = ControlFrame::encode(&ControlMsg::KeyframeRequest(KeyframeRequest { room: "r".into() })).unwrap();
+    assert_eq!(&kf.as_bytes()[4..], &[WIRE_VERSION, 3, 1, b'r']);
+    let hint = ControlMsg::BitrateHint(BitrateHint { room: "r".into(), bps: 300 });
+    let frame = ControlFrame::encode(&hint).unwrap();
+    assert_eq!(&frame.as_bytes()[4..], &[WIRE_VERSION, 6, 1, b'r', 0xac, 0x02]);
+    assert_eq!(decode_control(&frame.as_bytes()[4..]).unwrap(), hint);
+    // An over-long room name is refused like in every other message.
+    let long = ControlMsg::BitrateHint(BitrateHint { room: "x".repeat(10_000), bps: 1 });
+    if let Ok(frame) = ControlFrame::encode(&long) {
+        assert!(decode_control(&frame.as_bytes()[4..]).is_err());
+    }
 }
 
 #[test]

@@ -29,12 +29,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use sfumato_cluster::{
-    ControlMsg, HostedRooms, KeyframeRequest, NodeId, Subscribe, TrackKind, TrackKinds, Unsubscribe,
+    BitrateHint, ControlMsg, HostedRooms, KeyframeRequest, NodeId, Subscribe, TrackKind, TrackKinds, Unsubscribe,
 };
 use sfumato_media::room::RoomKey;
 
 /// At most one upstream keyframe request per room this often (the publisher's node rate-limits its PLIs too).
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+/// At most one upstream bitrate hint per room this often (the home core already sends at most one per
+/// second, on meaningful changes; this bounds the link whatever happens).
+const BITRATE_INTERVAL: Duration = Duration::from_millis(900);
 
 /// Where rooms come from, as membership sees it now.
 pub trait Directory {
@@ -64,6 +67,8 @@ pub enum Action {
     ExportStop { room: RoomKey },
     /// Home core: ask the room's publisher for a keyframe.
     Keyframe { room: RoomKey },
+    /// Home core: node `from`, subscribed to the room, reports its lowest bandwidth estimate.
+    Bitrate { room: RoomKey, bps: u64, from: NodeId },
     /// The rooms published on this node changed: gossip them.
     Hosted(HostedRooms),
 }
@@ -74,6 +79,7 @@ struct Want {
     name: String,
     source: Option<NodeId>,
     last_keyframe: Option<Instant>,
+    last_bitrate: Option<Instant>,
 }
 
 /// One node's subscription to one of our rooms.
@@ -174,6 +180,19 @@ impl Cascade {
         self.actions.push_back(Action::Send { to: source, msg });
     }
 
+    /// The home core of a cascaded room reports the lowest bandwidth estimate of its viewers and of the
+    /// nodes subscribed to us for it: send it upstream (rate-limited per room).
+    pub fn bitrate_wanted(&mut self, room: RoomKey, bps: u64, now: Instant) {
+        let Some(w) = self.wants.get_mut(&room) else { return };
+        let Some(source) = w.source.clone() else { return };
+        if w.last_bitrate.is_some_and(|t| now.saturating_duration_since(t) < BITRATE_INTERVAL) {
+            return;
+        }
+        w.last_bitrate = Some(now);
+        let msg = ControlMsg::BitrateHint(BitrateHint { room: w.name.clone(), bps });
+        self.actions.push_back(Action::Send { to: source, msg });
+    }
+
     // ---- from membership ----------------------------------------------------------------------------
 
     /// Membership changed: re-point every pulled room to where the directory says it comes from now (the
@@ -264,6 +283,14 @@ impl Cascade {
                     self.refresh(room, &u.room, dir);
                 }
             }
+            ControlMsg::BitrateHint(b) => {
+                // Only from subscribers; the home core takes the minimum with its own viewers' and other
+                // nodes' (a relay's home core sends the result on upstream).
+                let room = RoomKey::of(&b.room);
+                if self.exports.get(&room).is_some_and(|e| e.nodes.contains_key(from)) {
+                    self.actions.push_back(Action::Bitrate { room, bps: b.bps, from: from.clone() });
+                }
+            }
             ControlMsg::KeyframeRequest(k) => {
                 let room = RoomKey::of(&k.room);
                 if !self.exports.get(&room).is_some_and(|e| e.nodes.contains_key(from)) {
@@ -328,7 +355,7 @@ impl Cascade {
             !self.local.contains_key(&room) && (self.viewers.contains_key(&room) || self.exports.contains_key(&room));
         match (needed, self.wants.contains_key(&room)) {
             (true, false) => {
-                self.wants.insert(room, Want { name: name.to_string(), source: None, last_keyframe: None });
+                self.wants.insert(room, Want { name: name.to_string(), source: None, last_keyframe: None, last_bitrate: None });
                 let found = dir.upstream(name).filter(|n| *n != self.me);
                 self.switch_source(room, found);
             }
@@ -348,6 +375,7 @@ impl Cascade {
         let old = std::mem::replace(&mut w.source, source.clone());
         let name = w.name.clone();
         w.last_keyframe = None;
+        w.last_bitrate = None;
         if let Some(old) = old {
             for track in [TrackKind::Audio, TrackKind::Video] {
                 let msg = ControlMsg::Unsubscribe(Unsubscribe { room: name.clone(), track });
@@ -519,6 +547,42 @@ mod tests {
         c.keyframe_wanted(r, t + Duration::from_millis(400));
         let a = drain(&mut c);
         assert_eq!(a.iter().filter(|x| matches!(x, Action::Send { msg: ControlMsg::KeyframeRequest(_), .. })).count(), 2);
+    }
+
+    #[test]
+    fn bitrate_hints_go_upstream_rate_limited_and_reach_the_home_core_only_from_subscribers() {
+        // Downstream node b pulls r from a.
+        let mut b = Cascade::new(id("b"));
+        let r = RoomKey::of("r");
+        let t = Instant::now();
+        b.bitrate_wanted(r, 500_000, t); // not pulled: ignored
+        assert!(drain(&mut b).is_empty());
+        b.room_state(r, "r", false, true, &at(Some("a")));
+        drain(&mut b);
+        b.bitrate_wanted(r, 500_000, t);
+        b.bitrate_wanted(r, 400_000, t + Duration::from_millis(300));
+        b.bitrate_wanted(r, 400_000, t + Duration::from_millis(1000));
+        let sent: Vec<_> = drain(&mut b)
+            .into_iter()
+            .filter_map(|x| match x {
+                Action::Send { to, msg: ControlMsg::BitrateHint(h) } => Some((to, h.bps)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![(id("a"), 500_000), (id("a"), 400_000)]);
+
+        // Source node a: only a subscriber's hint reaches the home core.
+        let mut a = Cascade::new(id("a"));
+        a.room_state(r, "r", true, false, &at(None));
+        let hint = ControlMsg::BitrateHint(BitrateHint { room: "r".into(), bps: 400_000 });
+        a.on_message(&id("b"), &hint, t, &at(None));
+        drain(&mut a);
+        let msg = ControlMsg::Subscribe(Subscribe { room: "r".into(), track: TrackKind::Video, channel: 1 });
+        a.on_message(&id("b"), &msg, t, &at(None));
+        drain(&mut a);
+        a.on_message(&id("b"), &hint, t, &at(None));
+        a.on_message(&id("c"), &hint, t, &at(None));
+        assert_eq!(drain(&mut a), vec![Action::Bitrate { room: r, bps: 400_000, from: id("b") }]);
     }
 
     // ---- several nodes: relays per zone ------------------------------------------------------------

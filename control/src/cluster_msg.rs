@@ -15,6 +15,11 @@ pub enum ClusterCtl {
     RoomState { room: RoomKey, name: String, local_publisher: bool, wants_remote: bool },
     /// Home core → core 0: a viewer of a cascaded room needs a keyframe.
     KeyframeUp { room: RoomKey },
+    /// Home core → core 0: the lowest bandwidth estimate (bits/s) of a cascaded room's viewers (and of the
+    /// nodes subscribed to us for it), to send upstream.
+    BitrateUp { room: RoomKey, bps: u64 },
+    /// Core 0 → home core: a node subscribed to the room reports its lowest bandwidth estimate.
+    Bitrate { room: RoomKey, bps: u64, from: NodeId },
     /// Core 0 → home core: register the cluster as the room's publisher (media from node `from`).
     IngestStart { room: RoomKey, name: String, from: NodeId },
     /// Core 0 → home core: the cascaded publisher is gone.

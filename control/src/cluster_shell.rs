@@ -129,7 +129,10 @@ impl ClusterPort {
     async fn handle_ctl(&self, msg: ClusterCtl) {
         match msg {
             ClusterCtl::SignalDone { req, reply } => self.complete(req, reply),
-            msg @ (ClusterCtl::RoomState { .. } | ClusterCtl::KeyframeUp { .. } | ClusterCtl::Signal { .. }) => {
+            msg @ (ClusterCtl::RoomState { .. }
+            | ClusterCtl::KeyframeUp { .. }
+            | ClusterCtl::BitrateUp { .. }
+            | ClusterCtl::Signal { .. }) => {
                 match self.node.get() {
                     Some(node) => node.on_ctl(msg),
                     None => tracing::warn!(core = self.core, "cluster message for core 0 reached another core"),
@@ -367,6 +370,7 @@ impl ClusterNode {
                     i.view_dirty = true;
                 }
                 ClusterCtl::KeyframeUp { room } => i.cascade.keyframe_wanted(room, now),
+                ClusterCtl::BitrateUp { room, bps } => i.cascade.bitrate_wanted(room, bps, now),
                 ClusterCtl::Signal { reply_to, req, to, request } => i.send_signal(now, reply_to, req, to, request),
                 _ => {}
             }
@@ -596,6 +600,9 @@ impl Inner {
             }
             while let Some(action) = self.cascade.poll_action() {
                 moved = true;
+                if matches!(action, Action::Send { msg: WireMsg::BitrateHint(_), .. }) {
+                    ClusterCounters::add(&shared.counters.cascade_bitrate_hints, 1);
+                }
                 self.on_action(action);
             }
             if !moved {
@@ -719,6 +726,9 @@ impl Inner {
                 self.to_cores.push((home(room), ClusterCtl::ExportStop { room }));
             }
             Action::Keyframe { room } => self.to_cores.push((home(room), ClusterCtl::Keyframe { room })),
+            Action::Bitrate { room, bps, from } => {
+                self.to_cores.push((home(room), ClusterCtl::Bitrate { room, bps, from }))
+            }
             Action::Hosted(rooms) => self.mem.set_hosted_rooms(rooms),
         }
     }

@@ -73,6 +73,8 @@ pub struct ClusterCounters {
     pub signals_proxied: AtomicU64,
     /// Signalling requests served for another node's gateway.
     pub signals_served: AtomicU64,
+    /// Bitrate hints (lowest viewer bandwidth estimate of a cascaded room) sent to the upstream node.
+    pub cascade_bitrate_hints: AtomicU64,
 }
 
 impl ClusterCounters {
@@ -152,6 +154,7 @@ impl ClusterShared {
             "auth_refused": c.auth_refused.load(Ordering::Relaxed),
             "signals_proxied": c.signals_proxied.load(Ordering::Relaxed),
             "signals_served": c.signals_served.load(Ordering::Relaxed),
+            "cascade_bitrate_hints": c.cascade_bitrate_hints.load(Ordering::Relaxed),
         })
     }
 
@@ -167,13 +170,14 @@ impl ClusterShared {
         gauge("cluster_members", "Other nodes membership considers alive", members_alive as u64);
         gauge("cascade_subscriptions", "Rooms this node receives from another node", view.subscriptions.len() as u64);
         gauge("cascade_exports", "(room, node) pairs this node sends a room to", view.exports.len() as u64);
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             ("cascade_packets_out", "Cascade datagrams sent (one per packet per subscribing node)", &c.cascade_packets_out),
             ("cascade_packets_in", "Cascade datagrams received and forwarded to viewers' home core", &c.cascade_packets_in),
             ("cascade_dropped", "Cascade packets not sent or not wanted", &c.cascade_dropped),
             ("cluster_auth_refused", "Cluster connections refused: wrong cluster secret", &c.auth_refused),
             ("cluster_signals_proxied", "WHIP/WHEP requests proxied to another node", &c.signals_proxied),
             ("cluster_signals_served", "WHIP/WHEP requests served for another node's gateway", &c.signals_served),
+            ("cascade_bitrate_hints", "Bitrate hints (lowest viewer bandwidth estimate) sent to the upstream node", &c.cascade_bitrate_hints),
         ];
         for (name, help, v) in counters {
             let v = v.load(Ordering::Relaxed);

@@ -143,6 +143,12 @@ pub struct NodeArgs {
     /// (SFUMATO_RTMP_REPLACE: true/false, 1/0, yes/no, on/off).
     #[arg(long, env = "SFUMATO_RTMP_REPLACE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub rtmp_replace: bool,
+    /// Estimate each viewer's bandwidth with transport-wide congestion control (str0m's BWE) and send the
+    /// room's lowest estimate to the publisher as REMB. Without it only viewers that send REMB themselves
+    /// are heard. Costs server CPU and latency (str0m then paces every viewer's packets). Default off
+    /// (SFUMATO_VIEWER_BWE: true/false, 1/0, yes/no, on/off).
+    #[arg(long, env = "SFUMATO_VIEWER_BWE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub viewer_bwe: bool,
     /// First WebRTC UDP port; core i uses this + i.
     #[arg(long, default_value_t = 10000, env = "SFUMATO_WEBRTC_PORT")]
     pub webrtc_port: u16,
@@ -264,6 +270,7 @@ pub struct FileConfig {
     http_port: Option<u16>,
     rtmp_port: Option<u16>,
     rtmp_replace: Option<bool>,
+    viewer_bwe: Option<bool>,
     webrtc_port: Option<u16>,
     #[serde(default, deserialize_with = "list")]
     webrtc_ips: Option<Vec<IpAddr>>,
@@ -387,7 +394,7 @@ impl FileConfig {
             }
             take_cluster!(seeds, zone, quic_port, advertise_ip, max_sessions, max_cpu);
         }
-        take!(http_addr, http_port, rtmp_port, rtmp_replace, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
+        take!(http_addr, http_port, rtmp_port, rtmp_replace, viewer_bwe, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
         take!(io_memory, node_id, nats_url, hook_url, events_buffer);
         take!(ice_server, ice_server_username, ice_server_credential);
         if let Some(v) = self.log_format {

@@ -215,9 +215,13 @@ impl CoreState {
             ClusterCtl::Keyframe { room } => {
                 self.on_control(crate::messages::ControlMsg::KeyframeRequest { room }, now);
             }
+            ClusterCtl::Bitrate { room, bps, from } => {
+                self.bitrate_hint(room, super::bitrate::HintFrom::Node(from.to_string()), bps, now);
+            }
             // Handled by core 0's cluster shell or the waiting HTTP handler, never by a core's state.
             ClusterCtl::RoomState { .. }
             | ClusterCtl::KeyframeUp { .. }
+            | ClusterCtl::BitrateUp { .. }
             | ClusterCtl::Signal { .. }
             | ClusterCtl::SignalDone { .. } => {}
         }

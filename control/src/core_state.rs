@@ -25,6 +25,10 @@ mod cluster;
 pub use cluster::{CoreCluster, ExternalKind};
 use cluster::External;
 
+#[path = "bitrate.rs"]
+pub mod bitrate;
+use bitrate::{HintFrom, RoomBitrate};
+
 #[path = "core_rtmp.rs"]
 mod rtmp;
 pub use rtmp::CoreRtmp;
@@ -80,6 +84,11 @@ pub struct CoreState {
     /// RTMP rooms homed here (GOP cache, replace) and notices for RTMP connections here (`core_rtmp.rs`).
     rtmp_state: CoreRtmp,
     viewers: LocalViewers,
+    /// Bitrate feedback per room (`bitrate.rs`): local viewers' estimates; on the home core, every core's.
+    bitrate: HashMap<RoomKey, RoomBitrate>,
+    last_bitrate_sweep: Instant,
+    /// `--viewer-bwe`: run str0m's TWCC bandwidth estimation on viewers (else only their REMB is used).
+    pub viewer_bwe: bool,
     next_session: u64,
     nonce_state: u64,
     scratch: Vec<Vec<SessionEvent>>,
@@ -116,6 +125,9 @@ impl CoreState {
             cluster: CoreCluster::default(),
             rtmp_state: CoreRtmp::default(),
             viewers: LocalViewers::default(),
+            bitrate: HashMap::new(),
+            last_bitrate_sweep: Instant::now(),
+            viewer_bwe: false,
             next_session: 0,
             nonce_state: seed ^ random_seed(),
             scratch: Vec::new(),
@@ -164,7 +176,7 @@ impl CoreState {
             return Err(OfferError::RoomBusy);
         }
         let (mut session, answer) =
-            WebRtcSession::accept(role, sdp, &self.candidates, self.cert.clone(), now).map_err(|e| match e {
+            WebRtcSession::accept(role, sdp, &self.candidates, self.cert.clone(), self.viewer_bwe, now).map_err(|e| match e {
                 SessionError::BadSdp(_) | SessionError::NoUsableMedia(_) => OfferError::BadOffer(e.to_string()),
                 other => OfferError::Unavailable(other.to_string()),
             })?;
@@ -341,6 +353,7 @@ impl CoreState {
             self.remove_session(id, reason, now);
         }
         self.report_stats(now);
+        self.bitrate_sweep(now);
         self.sessions.values().map(|e| e.session.next_timeout()).min()
     }
 
@@ -363,6 +376,9 @@ impl CoreState {
                 self.cluster_sync(room);
             }
             ControlMsg::ViewerCoreLeft { room, core } => {
+                if let Some(r) = self.bitrate.get_mut(&room) {
+                    r.reporters.remove(&HintFrom::Core(core));
+                }
                 let mut changes = Vec::new();
                 self.router.remove_viewer_core(room, core, &mut changes);
                 self.room_changes(&changes);
@@ -382,6 +398,7 @@ impl CoreState {
                     self.drain_session(publisher, now);
                 }
             }
+            ControlMsg::BitrateHint { room, bps, core } => self.bitrate_hint(room, HintFrom::Core(core), bps, now),
             ControlMsg::StatsRequest { reply_to, req } => {
                 let stats = self.snapshot();
                 self.control_out.push((reply_to, ControlMsg::StatsDone { req, stats }));
@@ -467,6 +484,7 @@ impl CoreState {
                     self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
                 }
                 SessionEvent::Feedback(f) => self.count_feedback(f),
+                SessionEvent::BitrateEstimate(bps) => self.viewer_bitrate(room, id, bps, now),
                 SessionEvent::Connected => {
                     tracing::info!(core = self.core, session = id.0, ?role, "session connected");
                     if role == Role::Viewer {
@@ -552,13 +570,18 @@ impl CoreState {
             entry.session.poll(now, &mut events);
             let room = entry.room;
             let mut keyframe_wanted = false;
+            let mut estimate = None;
             for ev in events.drain(..) {
                 match ev {
                     SessionEvent::Transmit { from, to, data } => self.outbox.push(Datagram { from, to, data, origin, rtmp }),
                     SessionEvent::KeyframeRequested => keyframe_wanted = true,
                     SessionEvent::Feedback(f) => self.count_feedback(f),
+                    SessionEvent::BitrateEstimate(bps) => estimate = Some(bps),
                     SessionEvent::Rtp(_) | SessionEvent::Connected => {}
                 }
+            }
+            if let Some(bps) = estimate {
+                self.viewer_bitrate(room, id, bps, now);
             }
             if keyframe_wanted {
                 let home = room.home_core(self.cores);
@@ -569,6 +592,84 @@ impl CoreState {
         written.append(&mut self.written);
         self.written = written;
         self.scratch.push(events);
+    }
+
+    // ---- bitrate feedback (`bitrate.rs`) -------------------------------------------------------------------
+
+    /// A local viewer's bandwidth estimate: the room's local minimum goes to the home core (throttled).
+    fn viewer_bitrate(&mut self, room: RoomKey, viewer: SessionId, bps: u64, now: Instant) {
+        self.bitrate.entry(room).or_default().viewers.set(viewer.0, bps, now);
+        self.send_bitrate_hint(room, now);
+    }
+
+    fn send_bitrate_hint(&mut self, room: RoomKey, now: Instant) {
+        let Some(r) = self.bitrate.get_mut(&room) else { return };
+        let Some(bps) = r.viewers.min_any() else { return };
+        if r.to_home.should_send(bps, now) {
+            let home = room.home_core(self.cores);
+            self.send_control(home, ControlMsg::BitrateHint { room, bps, core: self.core }, now);
+        }
+    }
+
+    /// Home core: a core's (or a subscribing node's) minimum for a room homed here.
+    pub(crate) fn bitrate_hint(&mut self, room: RoomKey, from: HintFrom, bps: u64, now: Instant) {
+        self.bitrate.entry(room).or_default().reporters.set(from, bps, now);
+        self.apply_bitrate(room, now);
+    }
+
+    /// Home core: asks the room's publisher for the reporters' minimum — REMB to a WebRTC publisher, the
+    /// upstream node for a cascaded room (through core 0); an RTMP publisher can't be told.
+    fn apply_bitrate(&mut self, room: RoomKey, now: Instant) {
+        let Some(r) = self.bitrate.get_mut(&room) else { return };
+        let Some(bps) = r.reporters.min(now) else { return };
+        if let Some(ext) = self.external.get(&room) {
+            if ext.is_cascade() && r.to_publisher.should_send(bps, now) {
+                self.cluster.out.push(crate::cluster_msg::ClusterCtl::BitrateUp { room, bps });
+            }
+            return;
+        }
+        let Some((publisher, _)) = self.router.publisher(room) else { return };
+        let Some(e) = self.sessions.get_mut(&publisher) else { return };
+        if !r.to_publisher.should_send(bps, now) {
+            return;
+        }
+        if e.session.request_remb(bps) {
+            self.stats.bitrate_hints_sent += 1;
+            tracing::debug!(core = self.core, room = %e.room_name, bps, "REMB to publisher");
+            self.drain_session(publisher, now);
+        } else {
+            // No video stream yet: try again with the next hint.
+            r.to_publisher.reset();
+        }
+    }
+
+    /// Every 250 ms: sends held-back changes (a viewer left, a hint came within the interval), refreshes the
+    /// home core's copy of steady values (it expires them) and forgets rooms without values.
+    fn bitrate_sweep(&mut self, now: Instant) {
+        if self.bitrate.is_empty() || now.saturating_duration_since(self.last_bitrate_sweep) < std::time::Duration::from_millis(250) {
+            return;
+        }
+        self.last_bitrate_sweep = now;
+        let mut rooms: Vec<(RoomKey, bool, bool)> = Vec::new();
+        self.bitrate.retain(|room, r| {
+            let local = r.viewers.min_any();
+            let remote = r.reporters.min(now);
+            // `should_send` decides: a changed value after the interval, a steady one every refresh interval.
+            let to_home = local.is_some();
+            let to_publisher = remote.is_some_and(|b| r.to_publisher.pending(b));
+            if to_home || to_publisher {
+                rooms.push((*room, to_home, to_publisher));
+            }
+            !r.is_idle()
+        });
+        for (room, to_home, to_publisher) in rooms {
+            if to_home {
+                self.send_bitrate_hint(room, now);
+            }
+            if to_publisher {
+                self.apply_bitrate(room, now);
+            }
+        }
     }
 
     fn count_feedback(&mut self, f: sfumato_media::webrtc::FeedbackDelta) {
@@ -664,6 +765,9 @@ impl CoreState {
                 self.stats.publishers = self.stats.publishers.saturating_sub(1);
             }
             Role::Viewer => {
+                if let Some(r) = self.bitrate.get_mut(&entry.room) {
+                    r.viewers.remove(&id.0);
+                }
                 if self.viewers.remove(entry.room, id) {
                     let home = entry.room.home_core(self.cores);
                     self.send_control(home, ControlMsg::ViewerCoreLeft { room: entry.room, core: self.core }, now);

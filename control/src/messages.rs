@@ -97,6 +97,9 @@ pub enum ControlMsg {
     ViewerCoreLeft { room: RoomKey, core: usize },
     /// To a room's home core: a viewer needs a keyframe.
     KeyframeRequest { room: RoomKey },
+    /// To a room's home core: the lowest bandwidth estimate (bits/s) of `core`'s viewers of the room
+    /// (at most once per second per room, `bitrate.rs`).
+    BitrateHint { room: RoomKey, bps: u64, core: usize },
     StatsRequest { reply_to: usize, req: u64 },
     StatsDone { req: u64, stats: CoreStats },
     /// To a room's home core: an RTMP connection wants to publish `room`; the reply carries the source id.

@@ -34,6 +34,8 @@ pub struct CoreStats {
     pub keyframe_requests: u64,
     /// PLI/FIR received from viewers.
     pub keyframe_requests_received: u64,
+    /// REMB messages sent to WebRTC publishers (the lowest bandwidth estimate of the room's viewers).
+    pub bitrate_hints_sent: u64,
     /// NACKs received from viewers (retransmissions str0m answered from its send buffer).
     pub nacks_received: u64,
     /// NACKs sent to publishers for lost packets.
@@ -118,6 +120,7 @@ impl CoreStats {
         self.ring_full_drops += o.ring_full_drops;
         self.keyframe_requests += o.keyframe_requests;
         self.keyframe_requests_received += o.keyframe_requests_received;
+        self.bitrate_hints_sent += o.bitrate_hints_sent;
         self.nacks_received += o.nacks_received;
         self.nacks_sent += o.nacks_sent;
         self.ice_restarts += o.ice_restarts;
@@ -167,6 +170,7 @@ const HELP: &[(&str, &str)] = &[
     ("ring_full_drops", "Packets dropped because an inter-core media ring was full"),
     ("keyframe_requests", "Keyframe requests (PLI) sent to publishers"),
     ("keyframe_requests_received", "Keyframe requests (PLI/FIR) received from viewers"),
+    ("bitrate_hints_sent", "REMB bitrate limits sent to publishers (lowest viewer bandwidth estimate of the room)"),
     ("nacks_received", "NACKs received from viewers (answered from the retransmission buffer)"),
     ("nacks_sent", "NACKs sent to publishers for lost packets"),
     ("ice_restarts", "ICE restarts done through a WHIP/WHEP PATCH"),

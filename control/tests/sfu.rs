@@ -62,6 +62,10 @@ struct Server {
 
 impl Server {
     fn start(name: &str) -> Server {
+        Self::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Server {
         let (http_port, webrtc_port) = free_ports();
         let log = std::env::temp_dir().join(format!("sfumato-test-{name}-{}-{http_port}.log", std::process::id()));
         let out = File::create(&log).expect("create server log");
@@ -69,6 +73,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_sfumato"))
             .args(["standalone", "--http-port", &http_port.to_string(), "--webrtc-port", &webrtc_port.to_string()])
             .args(["--cores", &CORES.to_string(), "--webrtc-ips", "127.0.0.1", "--http-addr", "127.0.0.1"])
+            .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -143,6 +148,37 @@ fn video_stream(v: &Session) -> Option<u32> {
 
 fn per_core(h: &serde_json::Value, field: &str) -> Vec<u64> {
     h["per_core"].as_array().expect("per_core array").iter().map(|c| c[field].as_u64().unwrap_or(0)).collect()
+}
+
+/// `--viewer-bwe`: str0m estimates each viewer's bandwidth from its transport-wide feedback; the room's
+/// lowest estimate (over both cores) reaches the str0m publisher as REMB.
+#[test]
+fn viewer_bandwidth_estimates_reach_the_publisher_as_remb() {
+    let _machine = MACHINE.read().unwrap_or_else(|e| e.into_inner());
+    let srv = Server::start_with("remb", &["--viewer-bwe"]);
+    let h = Harness::new(&srv.base, 2).expect("harness");
+    let publisher = h.publish("remb", publisher_cfg()).expect("publish");
+    wait(Duration::from_secs(5), "publisher connected", || publisher.peer.connected());
+    let viewers: Vec<Session> = (0..4).map(|i| h.view("remb").unwrap_or_else(|e| panic!("viewer {i}: {e}"))).collect();
+    wait(Duration::from_secs(10), "viewers to get video", || viewers.iter().all(|v| v.peer.first_video().is_some()));
+    wait(Duration::from_secs(10), "a REMB at the publisher", || {
+        publisher.peer.remb_received.load(Ordering::Relaxed) > 0
+    });
+    let hz = srv.healthz();
+    let hints = hz["stats"]["bitrate_hints_sent"].as_u64().unwrap_or(0);
+    let bps = publisher.peer.last_remb_bps.load(Ordering::Relaxed);
+    eprintln!("remb: bitrate_hints_sent {hints}, publisher saw {} REMB, last {bps} bit/s", publisher.peer.remb_received.load(Ordering::Relaxed));
+    assert!(hints > 0, "healthz: {hz}");
+    assert!(bps > 100_000, "REMB of {bps} bit/s");
+    // At most one REMB per second for the room.
+    let before = srv.healthz()["stats"]["bitrate_hints_sent"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = srv.healthz()["stats"]["bitrate_hints_sent"].as_u64().unwrap_or(0);
+    assert!(after - before <= 4, "{} REMBs in 3 s", after - before);
+    for v in &viewers {
+        h.delete(v).expect("DELETE viewer");
+    }
+    h.delete(&publisher).expect("DELETE publisher");
 }
 
 #[test]

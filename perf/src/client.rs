@@ -122,6 +122,9 @@ pub struct PeerShared {
     pub sent: [AtomicU64; 2],
     pub keyframes_sent: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Publisher: REMB messages received (bitrate limits from the server) and the last one's bits/s.
+    pub remb_received: AtomicU64,
+    pub last_remb_bps: AtomicU64,
     /// Viewer: ns since the probe epoch of the first counted video packet (0 = none yet).
     first_video_ns: AtomicU64,
     /// ns since the probe epoch of `Event::Connected` (0 = not yet).
@@ -140,6 +143,8 @@ impl PeerShared {
             sent: [AtomicU64::new(0), AtomicU64::new(0)],
             keyframes_sent: AtomicU64::new(0),
             keyframe_requests: AtomicU64::new(0),
+            remb_received: AtomicU64::new(0),
+            last_remb_bps: AtomicU64::new(0),
             first_video_ns: AtomicU64::new(0),
             connected_ns: AtomicU64::new(0),
             stats: Mutex::new(ViewerStats::default()),
@@ -417,6 +422,10 @@ impl Peer {
                         }
                     }
                 }
+            }
+            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Remb { estimate, .. }) => {
+                self.shared.remb_received.fetch_add(1, Ordering::Relaxed);
+                self.shared.last_remb_bps.store(estimate.as_u64(), Ordering::Relaxed);
             }
             Event::Closed => return Err("closed by the server".into()),
             _ => {}

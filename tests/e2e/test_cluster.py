@@ -6,6 +6,7 @@ The tests run in file order and share it:
   1. cascading across zones: publisher on a, 2 viewers on b, 1 on c, 1 on d; one copy crosses into z2 (to
      the zone's relay for the room, c), which sends one copy per other z2 node (not per viewer); kill -9 the
      relay -> the other z2 viewers get video back through the new relay (d); c restarts and relays again
+  1b. bitrate feedback: a viewer's REMB estimate on b travels upstream to a's publisher (REMB)
   2. gateway placement: proxied WHEP through a to b (Location routes DELETE back through a), 409 through c,
      zone preference (X-Sfumato-Zone, and the gateway's own zone)
   3. a node with a wrong secret never joins and is logged as refused
@@ -402,6 +403,51 @@ def test_cascade_one_copy_per_zone_pair(cluster):
                                 5, "the relay to let go once nobody downstream needs it")
         assert await delete(pub.location, pub.token) == 200
         await pub.close()
+        wait_until(lambda: all(not n.cluster()["subscriptions"] and not n.cluster()["exports"]
+                               for n in cluster.values()), 5, "cascade torn down")
+
+    asyncio.run(run())
+
+
+def test_cascade_bitrate_feedback_reaches_the_publisher(cluster, monkeypatch):
+    """A viewer on b (zone z2) of a room published on a (z1): its REMB estimate goes b -> (z2's relay) -> a,
+    whose home core asks the aiortc publisher with REMB (seen by wrapping aiortc's REMB parser)."""
+    import aiortc.rtcrtpsender as rtcrtpsender
+
+    a, b = cluster["a"], cluster["b"]
+    room = "remb-up"
+    received: list = []
+    real = rtcrtpsender.unpack_remb_fci
+
+    def spy(fci):
+        bitrate, ssrcs = real(fci)
+        received.append((bitrate, list(ssrcs)))
+        return bitrate, ssrcs
+
+    monkeypatch.setattr(rtcrtpsender, "unpack_remb_fci", spy)
+
+    async def run():
+        before = a.health()["stats"]["bitrate_hints_sent"]
+        pub = await post_offer(a, "whip", room)
+        await wait_connected(pub)
+        v = await post_offer(b, "whep", room)
+        assert not re.search(r"/conn/[a-z]+/", v.location), v.location  # kept by b, cascaded
+        await wait_connected(v)
+        await wait_frames(v, 10, timeout=15)
+        ssrcs = {s._ssrc for s in pub.pc.getSenders() if s.track is not None and s.track.kind == "video"}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if a.health()["stats"]["bitrate_hints_sent"] > before and any(set(x) & ssrcs for _, x in received):
+                break
+            await asyncio.sleep(0.25)
+        info = f"a bitrate_hints_sent {a.health()['stats']['bitrate_hints_sent']} (before {before}); REMBs {received[:5]}"
+        assert a.health()["stats"]["bitrate_hints_sent"] > before, info
+        assert any(set(x) & ssrcs and bps > 0 for bps, x in received), info
+        assert b.health()["stats"]["bitrate_hints_sent"] == 0, "b has no WebRTC publisher to send REMB to"
+        assert b.cluster()["cascade_bitrate_hints"] > 0, b.cluster()
+        for p in (v, pub):
+            assert await delete(p.location, p.token) == 200
+            await p.close()
         wait_until(lambda: all(not n.cluster()["subscriptions"] and not n.cluster()["exports"]
                                for n in cluster.values()), 5, "cascade torn down")
 
