@@ -117,14 +117,15 @@ pub fn parse(b: &[u8]) -> Option<Probe> {
         2 => Kind::Audio,
         _ => return None,
     };
-    let u64_at = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8 bytes inside HEADER_LEN"));
+    // Received bytes: read with fallible conversions, never a panic.
+    let u64_at = |o: usize| Some(u64::from_be_bytes(h.get(o..o + 8)?.try_into().ok()?));
     let p = Probe {
         kind,
         keyframe: h[7] & FLAG_KEY != 0,
         frame_start: h[7] & FLAG_START != 0,
-        stream_id: u32::from_be_bytes(h[8..12].try_into().expect("4 bytes inside HEADER_LEN")),
-        counter: u64_at(12),
-        sent_ns: u64_at(20),
+        stream_id: u32::from_be_bytes(h.get(8..12)?.try_into().ok()?),
+        counter: u64_at(12)?,
+        sent_ns: u64_at(20)?,
     };
     // The codec prefix must agree with the flags, or the server would judge keyframes differently.
     if kind == Kind::Video && ((h[0] == VP8_START) != p.frame_start || (h[1] & 1 == 0) != p.keyframe) {
