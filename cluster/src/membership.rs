@@ -358,24 +358,12 @@ impl Membership {
 
     /// Our view for `to`, with data only where `to` has not been sent that version.
     fn build_msg(&mut self, to: &NodeId) -> GossipMsg {
-        let sent = self.sent.entry(to.clone()).or_default();
         let mut entries = Vec::with_capacity(self.members.len() + 1);
         let key = (self.me.incarnation, self.version);
-        let with_data = sent.get(&self.me.id) != Some(&key);
+        let with_data = self.sent.get(to).and_then(|sent| sent.get(&self.me.id)) != Some(&key);
+        entries.push(self.self_entry(with_data));
+        let sent = self.sent.entry(to.clone()).or_default();
         sent.insert(self.me.id.clone(), key);
-        entries.push(GossipEntry {
-            id: self.me.id.clone(),
-            incarnation: self.me.incarnation,
-            heartbeat: self.heartbeat,
-            left: self.left,
-            load: self.me.load,
-            version: self.version,
-            data: with_data.then(|| NodeData {
-                zone: self.me.zone.clone(),
-                addrs: self.me.addrs.clone(),
-                rooms: self.me.rooms.clone(),
-            }),
-        });
         for m in self.members.values() {
             if entries.len() >= MAX_GOSSIP_ENTRIES {
                 break;

@@ -18,7 +18,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::UdpSocket;
 use sfumato_engine::CoreLinks;
-use sfumato_net::udp::{send_batch_gso, send_batch_nonblocking, BatchResult, Outgoing, RecvBatch};
+use sfumato_net::udp::{send_batch_nonblocking, BatchResult, GsoSender, Outgoing, RecvBatch};
 
 use sfumato_media::packet::ForwardedPacket;
 use sfumato_media::room::RoomKey;
@@ -65,9 +65,9 @@ pub struct CoreShell {
     loads: CoreLoads,
     pub auth: Authority,
     spare_outbox: RefCell<Vec<Datagram>>,
-    /// Whether UDP GSO still works on each media socket (cleared, with a warning, the first time the kernel
-    /// refuses it).
-    gso: Vec<Cell<bool>>,
+    /// Per media socket: the UDP GSO sender with its reusable buffers, or `None` once the kernel refused GSO
+    /// on that socket (then datagrams go one by one through `sendmmsg`).
+    gso: RefCell<Vec<Option<GsoSender>>>,
     /// `sfumato media`: this core's end of the cluster rings (`cluster_shell.rs`), set once at startup.
     pub cluster: OnceCell<Weak<crate::cluster_shell::ClusterPort>>,
 }
@@ -81,7 +81,7 @@ impl CoreShell {
         loads: CoreLoads,
         auth: Authority,
     ) -> Rc<Self> {
-        let gso = sockets.iter().map(|_| Cell::new(true)).collect();
+        let gso = RefCell::new(sockets.iter().map(|_| Some(GsoSender::default())).collect());
         Rc::new(Self {
             state: RefCell::new(state),
             control,
@@ -268,15 +268,19 @@ impl CoreShell {
                 continue;
             }
             let mut res = BatchResult::default();
-            if self.gso[i].get() {
-                let gso = send_batch_gso(sock.as_raw_fd(), &batch);
-                res = gso.batch;
-                if gso.gso_unsupported {
-                    self.gso[i].set(false);
-                    tracing::warn!(core = self.core(), %local, "UDP GSO refused by the kernel; sending datagram by datagram");
+            let gso_on = {
+                let mut senders = self.gso.borrow_mut();
+                if let Some(sender) = senders[i].as_mut() {
+                    let gso = sender.send(sock.as_raw_fd(), &batch);
+                    res = gso.batch;
+                    if gso.gso_unsupported {
+                        senders[i] = None;
+                        tracing::warn!(core = self.core(), %local, "UDP GSO refused by the kernel; sending datagram by datagram");
+                    }
                 }
-            }
-            if !self.gso[i].get() {
+                senders[i].is_some()
+            };
+            if !gso_on {
                 let done = res.sent + res.failed;
                 let more = send_batch_nonblocking(sock.as_raw_fd(), &batch[done..]);
                 res.sent += more.sent;

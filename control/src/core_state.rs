@@ -420,13 +420,8 @@ impl CoreState {
 
     pub fn on_media(&mut self, msg: MediaMsg, now: Instant) {
         match msg {
-            MediaMsg::Forward { room, packet } => self.deliver_local(room, &packet, now, false),
-            // To the room's home core: from the RTMP connection's core, to fan out. To any other core: the
-            // home core's fan-out of an RTMP publisher's packet (like `Forward`, but its latency is RTMP's).
-            MediaMsg::RtmpPacket { room, packet } if room.home_core(self.cores) == self.core => {
-                self.rtmp_packet(room, packet, now)
-            }
-            MediaMsg::RtmpPacket { room, packet } => self.deliver_local(room, &packet, now, true),
+            MediaMsg::Forward { room, packet, rtmp } => self.deliver_local(room, &packet, now, rtmp),
+            MediaMsg::RtmpPacket { room, packet } => self.rtmp_packet(room, packet, now),
             MediaMsg::GopReplay { room, viewer, packets } => self.gop_replay_local(room, viewer, packets, now),
         }
     }
@@ -502,7 +497,7 @@ impl CoreState {
 
     /// Hands a publisher packet to every core with viewers of the room, once per core.
     fn fan_out(&mut self, room: RoomKey, packet: ForwardedPacket, now: Instant) {
-        // RTMP packets travel as `RtmpPacket` so viewer cores account their latency separately.
+        // RTMP packets are marked so viewer cores account their latency separately.
         let rtmp = !self.external.is_empty() && self.external.get(&room).is_some_and(External::is_rtmp);
         let cores = self.router.viewer_cores(room);
         let mut local = false;
@@ -512,10 +507,8 @@ impl CoreState {
             } else if core == self.cores {
                 // The cluster (`core_cluster.rs`): one copy for core 0, whatever the number of subscribing nodes.
                 self.cluster.cascade_out.push((room, packet.clone()));
-            } else if rtmp {
-                self.media_out.push((core, MediaMsg::RtmpPacket { room, packet: packet.clone() }));
             } else {
-                self.media_out.push((core, MediaMsg::Forward { room, packet: packet.clone() }));
+                self.media_out.push((core, MediaMsg::Forward { room, packet: packet.clone(), rtmp }));
             }
         }
         if local {

@@ -114,10 +114,11 @@ pub enum ControlMsg {
 }
 
 pub enum MediaMsg {
-    Forward { room: RoomKey, packet: ForwardedPacket },
-    /// A packet of a room's RTMP publisher: from the RTMP connection's core to the room's home core (which
-    /// fans it out), and from the home core to each other core with viewers (delivered locally and counted
-    /// in `rtmp_forward_latency_us` instead of `forward_latency_us`).
+    /// From a room's home core to another core with viewers of it: deliver locally. `rtmp`: the packet comes
+    /// from an RTMP publisher (its latency goes to `rtmp_forward_latency_us`, not `forward_latency_us`).
+    Forward { room: RoomKey, packet: ForwardedPacket, rtmp: bool },
+    /// A packet of a room's RTMP publisher, from the RTMP connection's core to the room's home core, which
+    /// fans it out.
     RtmpPacket { room: RoomKey, packet: ForwardedPacket },
     /// To a viewer's core: the cached GOP of an RTMP room (oldest first), for that one viewer only.
     GopReplay { room: RoomKey, viewer: SessionId, packets: Vec<ForwardedPacket> },

@@ -58,9 +58,10 @@ pub fn send_batch_nonblocking(fd: std::os::fd::RawFd, batch: &[Outgoing<'_>]) ->
         iovs.clear();
         msgs.clear();
         addrs.extend(chunk.iter().map(|o| socket2::SockAddr::from(o.to)));
-        iovs.extend(
-            chunk.iter().map(|o| libc::iovec { iov_base: o.data.as_ptr() as *mut libc::c_void, iov_len: o.data.len() }),
-        );
+        iovs.extend(chunk.iter().map(|o| libc::iovec {
+            iov_base: o.data.as_ptr() as *mut libc::c_void,
+            iov_len: o.data.len(),
+        }));
         for i in 0..chunk.len() {
             // SAFETY: mmsghdr is plain data; the pointers set here stay valid until sendmmsg returns.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
@@ -95,7 +96,7 @@ const GSO_MAX_SEGMENTS: usize = 64;
 /// At most this many bytes in one GSO send (one IP datagram's worth of UDP payload).
 const GSO_MAX_BYTES: usize = 65_000;
 
-/// What [`send_batch_gso`] did: like [`BatchResult`], plus whether the kernel refused GSO itself (then the
+/// What [`GsoSender::send`] did: like [`BatchResult`], plus whether the kernel refused GSO itself (then the
 /// caller should stop using it on this socket and send the rest with [`send_batch_nonblocking`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GsoResult {
@@ -128,76 +129,105 @@ pub fn gso_runs(batch: &[Outgoing<'_>], out: &mut Vec<(usize, usize, usize)>) {
     }
 }
 
+/// Messages per `sendmmsg` in [`GsoSender::send`].
+const GSO_CHUNK: usize = 64;
+
 /// Like [`send_batch_nonblocking`], but each run of datagrams to one address (a viewer's packets of one
 /// frame, usually) goes as one UDP GSO send (`UDP_SEGMENT`): the kernel builds the datagrams from one
-/// buffer walk, which costs less per datagram than separate messages.
-pub fn send_batch_gso(fd: std::os::fd::RawFd, batch: &[Outgoing<'_>]) -> GsoResult {
-    const CHUNK: usize = 64; // messages per sendmmsg
-    let cmsg_space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
-    let mut res = GsoResult::default();
-    let mut runs = Vec::new();
-    gso_runs(batch, &mut runs);
-    let iovs: Vec<libc::iovec> = batch
-        .iter()
-        .map(|o| libc::iovec { iov_base: o.data.as_ptr() as *mut libc::c_void, iov_len: o.data.len() })
-        .collect();
-    let mut addrs: Vec<socket2::SockAddr> = Vec::with_capacity(CHUNK);
-    // u64 storage keeps the control buffers aligned for cmsghdr.
-    let mut control = vec![0u64; CHUNK * cmsg_space.div_ceil(8)];
-    let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(CHUNK);
-    let mut r = 0;
-    while r < runs.len() {
-        let chunk = &runs[r..(r + CHUNK).min(runs.len())];
-        addrs.clear();
-        msgs.clear();
-        addrs.extend(chunk.iter().map(|&(first, _, _)| socket2::SockAddr::from(batch[first].to)));
-        for (k, &(first, n, seg)) in chunk.iter().enumerate() {
-            // SAFETY: mmsghdr is plain data; every pointer set here stays valid until sendmmsg returns.
-            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            m.msg_hdr.msg_name = addrs[k].as_ptr() as *mut libc::c_void;
-            m.msg_hdr.msg_namelen = addrs[k].len();
-            m.msg_hdr.msg_iov = iovs.as_ptr().wrapping_add(first) as *mut libc::iovec;
-            m.msg_hdr.msg_iovlen = n;
-            if n > 1 {
-                let buf = control.as_mut_ptr().wrapping_add(k * cmsg_space.div_ceil(8)) as *mut u8;
-                m.msg_hdr.msg_control = buf as *mut libc::c_void;
-                m.msg_hdr.msg_controllen = cmsg_space;
-                // SAFETY: buf has cmsg_space bytes reserved for this message; CMSG_* stay inside them.
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg as u16);
+/// buffer walk, which costs less per datagram than separate messages. Owns its scratch buffers so a send
+/// allocates nothing once they have grown to the batch size: keep one per socket task.
+#[derive(Default)]
+pub struct GsoSender {
+    runs: Vec<(usize, usize, usize)>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<socket2::SockAddr>,
+    /// cmsg buffers, one per message of a chunk; u64 storage keeps them aligned for cmsghdr.
+    control: Vec<u64>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl GsoSender {
+    pub fn send(&mut self, fd: std::os::fd::RawFd, batch: &[Outgoing<'_>]) -> GsoResult {
+        let cmsg_space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+        let cmsg_words = cmsg_space.div_ceil(8);
+        let mut res = GsoResult::default();
+        let Self {
+            runs,
+            iovs,
+            addrs,
+            control,
+            msgs,
+        } = self;
+        gso_runs(batch, runs);
+        iovs.clear();
+        iovs.extend(batch.iter().map(|o| libc::iovec {
+            iov_base: o.data.as_ptr() as *mut libc::c_void,
+            iov_len: o.data.len(),
+        }));
+        if control.len() < GSO_CHUNK * cmsg_words {
+            control.resize(GSO_CHUNK * cmsg_words, 0);
+        }
+        let mut r = 0;
+        while r < runs.len() {
+            let chunk = &runs[r..(r + GSO_CHUNK).min(runs.len())];
+            addrs.clear();
+            msgs.clear();
+            addrs.extend(
+                chunk
+                    .iter()
+                    .map(|&(first, _, _)| socket2::SockAddr::from(batch[first].to)),
+            );
+            for (k, &(first, n, seg)) in chunk.iter().enumerate() {
+                // SAFETY: mmsghdr is plain data; every pointer set here stays valid until sendmmsg returns.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_name = addrs[k].as_ptr() as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = addrs[k].len();
+                m.msg_hdr.msg_iov = iovs.as_ptr().wrapping_add(first) as *mut libc::iovec;
+                m.msg_hdr.msg_iovlen = n;
+                if n > 1 {
+                    let buf = control.as_mut_ptr().wrapping_add(k * cmsg_words) as *mut u8;
+                    m.msg_hdr.msg_control = buf as *mut libc::c_void;
+                    m.msg_hdr.msg_controllen = cmsg_space;
+                    // SAFETY: buf has cmsg_space bytes reserved for this message; CMSG_* stay inside them.
+                    unsafe {
+                        let c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+                        (*c).cmsg_level = libc::SOL_UDP;
+                        (*c).cmsg_type = UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg as u16);
+                    }
                 }
+                msgs.push(m);
             }
-            msgs.push(m);
-        }
-        // SAFETY: msgs/iovs/addrs/control are valid for the call; the kernel only reads them.
-        let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::WouldBlock {
+            // SAFETY: msgs/iovs/addrs/control are valid for the call; the kernel only reads them.
+            let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_DONTWAIT) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::WouldBlock {
+                    return res;
+                }
+                let (_, count, _) = chunk[0];
+                let gso_refused = matches!(
+                    err.raw_os_error(),
+                    Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                );
+                if count > 1 && gso_refused {
+                    res.gso_unsupported = true;
+                    return res;
+                }
+                // The first message was refused (bad address family, too big): skip its datagrams.
+                res.batch.failed += count;
+                r += 1;
+                continue;
+            }
+            if n == 0 {
                 return res;
             }
-            let (_, count, _) = chunk[0];
-            let gso_refused = matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP));
-            if count > 1 && gso_refused {
-                res.gso_unsupported = true;
-                return res;
-            }
-            // The first message was refused (bad address family, too big): skip its datagrams.
-            res.batch.failed += count;
-            r += 1;
-            continue;
+            res.batch.sent += chunk[..n as usize].iter().map(|&(_, count, _)| count).sum::<usize>();
+            r += n as usize;
         }
-        if n == 0 {
-            return res;
-        }
-        res.batch.sent += chunk[..n as usize].iter().map(|&(_, count, _)| count).sum::<usize>();
-        r += n as usize;
+        res
     }
-    res
 }
 
 /// Receive side of batching: buffers for up to `n` datagrams taken with one `recvmmsg(MSG_DONTWAIT)`.
@@ -227,9 +257,10 @@ impl RecvBatch {
     /// with [`iter`](Self::iter).
     pub fn recv_nonblocking(&mut self, fd: std::os::fd::RawFd) -> usize {
         self.iovs.clear();
-        self.iovs.extend(
-            self.bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut libc::c_void, iov_len: b.len() }),
-        );
+        self.iovs.extend(self.bufs.iter_mut().map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
         for i in 0..self.msgs.len() {
             let m = &mut self.msgs[i];
             m.msg_hdr.msg_name = (&mut self.addrs[i]) as *mut libc::sockaddr_storage as *mut libc::c_void;
@@ -244,7 +275,13 @@ impl RecvBatch {
         // SAFETY: every msghdr points into buffers owned by self that outlive the call; the kernel writes at
         // most iov_len bytes per buffer and msg_namelen bytes per address.
         let n = unsafe {
-            libc::recvmmsg(fd, self.msgs.as_mut_ptr(), self.msgs.len() as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                self.msgs.len() as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if n <= 0 {
             0
@@ -297,7 +334,11 @@ mod tests {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut batch = RecvBatch::new(4, 16);
-        assert_eq!(batch.recv_nonblocking(rx.as_raw_fd()), 0, "empty socket: returns at once");
+        assert_eq!(
+            batch.recv_nonblocking(rx.as_raw_fd()),
+            0,
+            "empty socket: returns at once"
+        );
         for i in 0..6u8 {
             tx.send_to(&[i; 3], rx.local_addr().unwrap()).unwrap();
         }
@@ -323,7 +364,10 @@ mod tests {
     fn gso_runs_group_same_address_same_size_with_a_shorter_tail() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let bufs: Vec<Vec<u8>> = [100, 100, 100, 60, 100, 100, 120].iter().map(|&n| vec![0u8; n]).collect();
+        let bufs: Vec<Vec<u8>> = [100, 100, 100, 60, 100, 100, 120]
+            .iter()
+            .map(|&n| vec![0u8; n])
+            .collect();
         let mut batch = outgoing(a, &bufs[..5]);
         batch.extend(outgoing(b, &bufs[5..]));
         let mut runs = Vec::new();
@@ -332,7 +376,11 @@ mod tests {
         assert_eq!(runs, vec![(0, 4, 100), (4, 1, 100), (5, 1, 100), (6, 1, 120)]);
         let many: Vec<Vec<u8>> = (0..100).map(|_| vec![0u8; 1200]).collect();
         gso_runs(&outgoing(a, &many), &mut runs);
-        assert!(runs.iter().all(|&(_, n, _)| n * 1200 <= GSO_MAX_BYTES && n <= GSO_MAX_SEGMENTS), "{runs:?}");
+        assert!(
+            runs.iter()
+                .all(|&(_, n, _)| n * 1200 <= GSO_MAX_BYTES && n <= GSO_MAX_SEGMENTS),
+            "{runs:?}"
+        );
         assert_eq!(runs.iter().map(|r| r.1).sum::<usize>(), 100);
     }
 
@@ -345,7 +393,7 @@ mod tests {
         let bufs: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
         let mut batch = outgoing(rx1.local_addr().unwrap(), &bufs[..4]);
         batch.extend(outgoing(rx2.local_addr().unwrap(), &bufs[4..]));
-        let res = send_batch_gso(tx.as_raw_fd(), &batch);
+        let res = GsoSender::default().send(tx.as_raw_fd(), &batch);
         if res.gso_unsupported {
             eprintln!("UDP GSO not supported here; skipping");
             return;
