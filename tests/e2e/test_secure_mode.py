@@ -544,3 +544,5 @@ def test_secret_from_environment(monkeypatch, request):
     loc = urljoin(srv.base_url + "/", r.headers["location"])
     assert httpx.delete(loc, headers=bearer(tok), timeout=10).status_code == 200
     assert SECRET not in srv.log_text(), "the app secret appears in the server's log"
+    assert tok not in srv.log_text(), "a token appears in the server's log"
+    assert tok.split(".")[2] not in srv.log_text(), "a token's signature appears in the server's log"
