@@ -677,7 +677,11 @@ impl Inner {
                             self.signal_done(s, Ok(r));
                         }
                     }
-                    other => self.cascade.on_message(&from, &other, now, &Members(&self.mem)),
+                    other => {
+                        // Subscribe/Unsubscribe change exports: show them in /healthz now, not at the next tick.
+                        self.cascade.on_message(&from, &other, now, &Members(&self.mem));
+                        self.view_dirty = true;
+                    }
                 }
             }
             LinkEvent::Datagram { peer, bytes } => {

@@ -143,6 +143,11 @@ pub struct NodeArgs {
     /// (SFUMATO_RTMP_REPLACE: true/false, 1/0, yes/no, on/off).
     #[arg(long, env = "SFUMATO_RTMP_REPLACE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub rtmp_replace: bool,
+    /// Bytes of the current GOP each RTMP room keeps, so a viewer joining mid-GOP starts at once (an RTMP
+    /// encoder can't be asked for a keyframe). A larger GOP is not cached (the viewer waits for the next
+    /// keyframe, counted as rtmp_gop_overflows); at most one packet per KiB of it. 0 disables the cache.
+    #[arg(long, default_value_t = 4 << 20, env = "SFUMATO_RTMP_GOP_CACHE")]
+    pub rtmp_gop_cache: usize,
     /// Estimate each viewer's bandwidth with transport-wide congestion control (str0m's BWE) and send the
     /// room's lowest estimate to the publisher as REMB. Without it only viewers that send REMB themselves
     /// are heard. Costs server CPU and latency (str0m then paces every viewer's packets). Default off
@@ -270,6 +275,7 @@ pub struct FileConfig {
     http_port: Option<u16>,
     rtmp_port: Option<u16>,
     rtmp_replace: Option<bool>,
+    rtmp_gop_cache: Option<usize>,
     viewer_bwe: Option<bool>,
     webrtc_port: Option<u16>,
     #[serde(default, deserialize_with = "list")]
@@ -394,6 +400,7 @@ impl FileConfig {
             }
             take_cluster!(seeds, zone, quic_port, advertise_ip, max_sessions, max_cpu);
         }
+        take!(rtmp_gop_cache);
         take!(http_addr, http_port, rtmp_port, rtmp_replace, viewer_bwe, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
         take!(io_memory, node_id, nats_url, hook_url, events_buffer);
         take!(ice_server, ice_server_username, ice_server_credential);

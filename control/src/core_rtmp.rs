@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use sfumato_media::gop_cache::{GopCache, Pushed};
+use sfumato_media::gop_cache::{GopCache, GopLimits, Pushed};
 use sfumato_media::packet::{ForwardedPacket, TrackKind};
 use sfumato_media::room::{RoomKey, SessionId};
 
@@ -32,6 +32,8 @@ const KINDS: [&str; 2] = ["audio", "video"];
 pub struct CoreRtmp {
     /// `--rtmp-replace`: a new publisher on a live key takes over instead of being refused.
     pub replace: bool,
+    /// `--rtmp-gop-cache`: each RTMP room's GOP cache bounds.
+    pub gop_limits: GopLimits,
     rooms: HashMap<RoomKey, RtmpRoom>,
     /// Connections on this core whose publish was taken over: (room, source).
     replaced: HashSet<(RoomKey, u64)>,
@@ -50,6 +52,10 @@ struct RtmpRoom {
 impl CoreState {
     pub fn set_rtmp_replace(&mut self, replace: bool) {
         self.rtmp_state.replace = replace;
+    }
+
+    pub fn set_rtmp_gop_cache(&mut self, bytes: usize) {
+        self.rtmp_state.gop_limits = GopLimits::from_bytes(bytes);
     }
 
     /// Registers an RTMP publisher of `room` (homed here) whose connection lives on `conn_core`. With
@@ -78,7 +84,7 @@ impl CoreState {
             name: room.to_string(),
             source,
             conn_core,
-            gop: GopCache::default(),
+            gop: GopCache::new(self.rtmp_state.gop_limits),
             tracks_started: [false; 2],
         };
         self.rtmp_state.rooms.insert(key, entry);

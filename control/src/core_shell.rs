@@ -20,8 +20,9 @@ use glommio::net::UdpSocket;
 use sfumato_engine::CoreLinks;
 use sfumato_net::udp::{send_batch_nonblocking, BatchResult, GsoSender, Outgoing, RecvBatch};
 
-use sfumato_media::packet::ForwardedPacket;
+use sfumato_media::packet::{ForwardedPacket, PayloadParams};
 use sfumato_media::room::RoomKey;
+use sfumato_media::webrtc::Role;
 
 use crate::core_state::{CoreState, Datagram};
 use crate::auth::Authority;
@@ -41,6 +42,7 @@ enum Reply {
     Resource(ResourceOutcome),
     Stats(CoreStats),
     RtmpPublish(Result<u64, OfferError>),
+    RoomVideo(Option<PayloadParams>),
 }
 
 /// One core's load, written by that core on every timer tick (never on the packet path), read by HTTP
@@ -167,6 +169,7 @@ impl CoreShell {
                 ControlMsg::ResourceDone { req, outcome } => self.complete(req, Reply::Resource(outcome)),
                 ControlMsg::StatsDone { req, stats } => self.complete(req, Reply::Stats(stats)),
                 ControlMsg::RtmpPublishDone { req, result } => self.complete(req, Reply::RtmpPublish(result)),
+                ControlMsg::RoomVideoDone { req, video } => self.complete(req, Reply::RoomVideo(video)),
                 other => {
                     self.state.borrow_mut().on_control(other, Instant::now());
                     self.flush().await;
@@ -342,15 +345,44 @@ impl CoreShell {
         (0..self.cores()).min_by_key(|&c| (self.loads[c].sessions.load(Ordering::Relaxed), c != self.core())).unwrap_or(0)
     }
 
+    /// Creates a session for an offer this node serves: a publisher on its room's home core, a viewer on
+    /// the least-loaded core, told the room's current video format (its answer names the real H.264 profile).
+    pub async fn place_offer(&self, offer: OfferRequest) -> Result<Created, OfferError> {
+        let home = RoomKey::of(&offer.room).home_core(self.cores());
+        match offer.role {
+            Role::Publisher => self.offer(home, offer, None).await,
+            Role::Viewer => {
+                let video = self.room_video(home, RoomKey::of(&offer.room)).await;
+                self.offer(self.least_loaded_core(), offer, video).await
+            }
+        }
+    }
+
+    /// The room's current video format, asked of its home core (None if unknown or the core is slow).
+    async fn room_video(&self, home: usize, room: RoomKey) -> Option<PayloadParams> {
+        if home == self.core() {
+            return self.state.borrow().router_video_format(room);
+        }
+        let (req, rx) = self.new_request();
+        if self.control.send(home, ControlMsg::RoomVideo { reply_to: self.core(), req, room }).await.is_err() {
+            self.pending.borrow_mut().remove(&req);
+            return None;
+        }
+        match self.await_reply(req, rx).await {
+            Some(Reply::RoomVideo(video)) => video,
+            _ => None,
+        }
+    }
+
     /// Creates a session on `core` (this one or another).
-    pub async fn offer(&self, core: usize, offer: OfferRequest) -> Result<Created, OfferError> {
+    async fn offer(&self, core: usize, offer: OfferRequest, room_video: Option<PayloadParams>) -> Result<Created, OfferError> {
         if core == self.core() {
-            let res = self.state.borrow_mut().create_session(&offer, Instant::now());
+            let res = self.state.borrow_mut().create_session(&offer, room_video.as_ref(), Instant::now());
             self.flush().await;
             return res;
         }
         let (req, rx) = self.new_request();
-        let msg = ControlMsg::Offer { reply_to: self.core(), req, offer };
+        let msg = ControlMsg::Offer { reply_to: self.core(), req, offer, room_video };
         if self.control.send(core, msg).await.is_err() {
             self.pending.borrow_mut().remove(&req);
             return Err(OfferError::Unavailable(format!("core {core} is not running")));

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use sfumato_media::packet::ForwardedPacket;
+use sfumato_media::packet::{ForwardedPacket, PayloadParams};
 use sfumato_media::room::{LocalViewers, RoomChange, RoomError, RoomKey, RoomRouter, SessionId, SessionMap};
 use sfumato_media::stun;
 use sfumato_media::seq_rewrite::Skip;
@@ -162,7 +162,14 @@ impl CoreState {
     // ---- signalling -------------------------------------------------------------------------------------
 
     /// Creates a session for an SDP offer. Publishers must be created on the room's home core.
-    pub fn create_session(&mut self, offer: &OfferRequest, now: Instant) -> Result<Created, OfferError> {
+    /// `room_video`: for a viewer, its room's current video format ([`RoomRouter::video_format`] on the
+    /// room's home core), so the answer names the stream's real H.264 profile.
+    pub fn create_session(
+        &mut self,
+        offer: &OfferRequest,
+        room_video: Option<&PayloadParams>,
+        now: Instant,
+    ) -> Result<Created, OfferError> {
         let (role, room, sdp) = (offer.role, offer.room.as_str(), offer.sdp.as_str());
         let key = RoomKey::of(room);
         let home = key.home_core(self.cores);
@@ -176,8 +183,10 @@ impl CoreState {
             return Err(OfferError::RoomBusy);
         }
         let (mut session, answer) =
-            WebRtcSession::accept(role, sdp, &self.candidates, self.cert.clone(), self.viewer_bwe, now).map_err(|e| match e {
-                SessionError::BadSdp(_) | SessionError::NoUsableMedia(_) => OfferError::BadOffer(e.to_string()),
+            WebRtcSession::accept(role, sdp, &self.candidates, self.cert.clone(), self.viewer_bwe, room_video, now).map_err(|e| match e {
+                SessionError::BadSdp(_) | SessionError::NoUsableMedia(_) | SessionError::IncompatibleH264 { .. } => {
+                    OfferError::BadOffer(e.to_string())
+                }
                 other => OfferError::Unavailable(other.to_string()),
             })?;
         self.next_session += 1;
@@ -361,8 +370,8 @@ impl CoreState {
 
     pub fn on_control(&mut self, msg: ControlMsg, now: Instant) {
         match msg {
-            ControlMsg::Offer { reply_to, req, offer } => {
-                let result = self.create_session(&offer, now);
+            ControlMsg::Offer { reply_to, req, offer, room_video } => {
+                let result = self.create_session(&offer, room_video.as_ref(), now);
                 self.control_out.push((reply_to, ControlMsg::OfferDone { req, result }));
             }
             ControlMsg::Resource { reply_to, req, id, op, presented } => {
@@ -399,6 +408,10 @@ impl CoreState {
                 }
             }
             ControlMsg::BitrateHint { room, bps, core } => self.bitrate_hint(room, HintFrom::Core(core), bps, now),
+            ControlMsg::RoomVideo { reply_to, req, room } => {
+                let video = self.router.video_format(room);
+                self.control_out.push((reply_to, ControlMsg::RoomVideoDone { req, video }));
+            }
             ControlMsg::StatsRequest { reply_to, req } => {
                 let stats = self.snapshot();
                 self.control_out.push((reply_to, ControlMsg::StatsDone { req, stats }));
@@ -414,6 +427,7 @@ impl CoreState {
             ControlMsg::OfferDone { .. }
             | ControlMsg::ResourceDone { .. }
             | ControlMsg::StatsDone { .. }
+            | ControlMsg::RoomVideoDone { .. }
             | ControlMsg::RtmpPublishDone { .. } => {}
         }
     }
@@ -433,6 +447,11 @@ impl CoreState {
         s.sessions = self.sessions.len() as u64;
         s.rooms = self.router.len() as u64;
         s
+    }
+
+    /// The current video format of a room whose home is this core ([`RoomRouter::video_format`]).
+    pub fn router_video_format(&self, room: RoomKey) -> Option<PayloadParams> {
+        self.router.video_format(room)
     }
 
     pub fn session_count(&self) -> usize {
@@ -499,7 +518,7 @@ impl CoreState {
     fn fan_out(&mut self, room: RoomKey, packet: ForwardedPacket, now: Instant) {
         // RTMP packets are marked so viewer cores account their latency separately.
         let rtmp = !self.external.is_empty() && self.external.get(&room).is_some_and(External::is_rtmp);
-        let cores = self.router.viewer_cores(room);
+        let cores = self.router.route(room, &packet);
         let mut local = false;
         for &core in cores {
             if core == self.core {

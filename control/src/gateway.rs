@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use sfumato_cluster::{NodeId, SignalKind, SignalReply, SignalRequest};
-use sfumato_media::room::RoomKey;
 use sfumato_media::webrtc::Role;
 
 use super::{bearer, content_type_is, error, read_body, valid_room, Api, Resp};
@@ -204,12 +203,8 @@ async fn serve_offer(shell: &CoreShell, request: SignalRequest) -> SignalReply {
         return error_reply(StatusCode::BAD_REQUEST, "BAD_SDP", "body is not an SDP offer (must start with v=0)");
     }
     let owner = if shell.auth.is_insecure() { None } else { token.map(fingerprint) };
-    let core = match role {
-        Role::Publisher => RoomKey::of(&room).home_core(shell.cores()),
-        Role::Viewer => shell.least_loaded_core(),
-    };
     let offer = OfferRequest { role, room, sdp: request.body, owner, peer };
-    match shell.offer(core, offer).await {
+    match shell.place_offer(offer).await {
         Ok(created) => SignalReply {
             id: 0,
             status: 201,

@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
-use sfumato_media::room::RoomKey;
 use sfumato_media::webrtc::Role;
 use sfumato_net::http_io::HyperStream;
 
@@ -323,12 +322,8 @@ async fn create(api: &Api, role: Role, kind: &str, room: Option<String>, req: Re
     if let Some(resp) = gateway::place(api, &headers, offer).await {
         return resp;
     }
-    let core = match role {
-        Role::Publisher => RoomKey::of(room).home_core(shell.cores()),
-        Role::Viewer => shell.least_loaded_core(),
-    };
     let offer = OfferRequest { role, room: room.to_string(), sdp: sdp.to_string(), owner, peer };
-    match shell.offer(core, offer).await {
+    match shell.place_offer(offer).await {
         Ok(created) => {
             let location = format!("/{kind}/conn/{}", created.resource.to_path_segment());
             let mut r = Response::new(Full::new(Bytes::from(created.answer)));

@@ -3,7 +3,7 @@
 //! Two meshes: [`ControlMsg`] (signalling, room directory, stats — never dropped: sent with back-pressure)
 //! and [`MediaMsg`] (forwarded RTP — a full ring drops and counts, never blocks the sender).
 
-use sfumato_media::packet::ForwardedPacket;
+use sfumato_media::packet::{ForwardedPacket, PayloadParams};
 use sfumato_media::room::{RoomKey, SessionId};
 use sfumato_media::webrtc::Role;
 
@@ -87,7 +87,9 @@ pub struct OfferRequest {
 }
 
 pub enum ControlMsg {
-    Offer { reply_to: usize, req: u64, offer: OfferRequest },
+    /// Create a session. `room_video`: a viewer's room's current video format, from the room's home core
+    /// (the viewer's answer names it, `WebRtcSession::accept`).
+    Offer { reply_to: usize, req: u64, offer: OfferRequest, room_video: Option<PayloadParams> },
     OfferDone { req: u64, result: Result<Created, OfferError> },
     Resource { reply_to: usize, req: u64, id: ResourceId, op: ResourceOp, presented: Option<u64> },
     ResourceDone { req: u64, outcome: ResourceOutcome },
@@ -100,6 +102,9 @@ pub enum ControlMsg {
     /// To a room's home core: the lowest bandwidth estimate (bits/s) of `core`'s viewers of the room
     /// (at most once per second per room, `bitrate.rs`).
     BitrateHint { room: RoomKey, bps: u64, core: usize },
+    /// To a room's home core: which video format does the room carry now?
+    RoomVideo { reply_to: usize, req: u64, room: RoomKey },
+    RoomVideoDone { req: u64, video: Option<PayloadParams> },
     StatsRequest { reply_to: usize, req: u64 },
     StatsDone { req: u64, stats: CoreStats },
     /// To a room's home core: an RTMP connection wants to publish `room`; the reply carries the source id.

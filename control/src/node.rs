@@ -196,6 +196,7 @@ fn run(args: NodeArgs, cluster: Option<ClusterArgs>) -> Result<(), NodeError> {
             }
             let mut state = CoreState::new(ctx.core, ctx.cores, candidates, cert, events.clone());
             state.set_rtmp_replace(args.rtmp_replace);
+            state.set_rtmp_gop_cache(args.rtmp_gop_cache);
             state.viewer_bwe = args.viewer_bwe;
             let control_rx = control.take_receivers();
             let media_rx = media.take_receivers();

@@ -260,7 +260,8 @@ impl Conn {
                     tracing::warn!(
                         core = self.shell.core(),
                         profile_level_id = %format!("{plid:06x}"),
-                        "RTMP H.264 is not (constrained) baseline; browsers may not decode it — publish with baseline"
+                        "RTMP H.264 is not (constrained) baseline: viewers that don't offer this profile get no video \
+                         (Chromium offers Main, not High; aiortc only Baseline)"
                     );
                 }
                 self.video_params = Some((plid, params));

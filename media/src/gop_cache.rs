@@ -28,7 +28,15 @@ pub struct GopLimits {
 impl Default for GopLimits {
     /// 4 MiB and 4096 packets: a 10 s GOP at ~3 Mbit/s.
     fn default() -> Self {
-        Self { max_bytes: 4 << 20, max_packets: 4096 }
+        Self::from_bytes(4 << 20)
+    }
+}
+
+impl GopLimits {
+    /// `max_bytes`, and one packet per KiB of it (RTP video packets are ~1.2 KB; the bound keeps a stream of
+    /// tiny packets from costing more in packet headers than in payload). 0 caches nothing.
+    pub fn from_bytes(max_bytes: usize) -> Self {
+        Self { max_bytes, max_packets: max_bytes / 1024 }
     }
 }
 
@@ -61,7 +69,7 @@ impl GopCache {
 
     /// Offers one forwarded packet, in forwarding order.
     pub fn push(&mut self, packet: &ForwardedPacket) -> Pushed {
-        if packet.kind() != TrackKind::Video {
+        if packet.kind() != TrackKind::Video || self.limits.max_bytes == 0 {
             return Pushed::Ignored;
         }
         if self.source != Some(packet.source) {
@@ -194,6 +202,14 @@ mod tests {
         assert_eq!(c.push(&video(5, 9000, true)), Pushed::Started);
         assert_eq!(c.len(), 1);
         assert!(c.packets()[0].keyframe_start);
+    }
+
+    #[test]
+    fn limits_from_bytes_and_zero_disables() {
+        assert_eq!(GopLimits::default(), GopLimits { max_bytes: 4 << 20, max_packets: 4096 });
+        let mut c = GopCache::new(GopLimits::from_bytes(0));
+        assert_eq!(c.push(&video(1, 0, true)), Pushed::Ignored, "no overflow counted: the cache is off");
+        assert!(c.is_empty());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+use crate::packet::{ForwardedPacket, PayloadParams, TrackKind};
+
 /// Identity of a room, the same on every core (a fixed hash of its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoomKey(pub u64);
@@ -74,6 +76,8 @@ struct RoomEntry {
     publisher: Option<(SessionId, u64)>,
     /// Cores (other than home) that have at least one viewer.
     viewer_cores: Vec<usize>,
+    /// Format of the video the room carries now (from its packets), for new viewers' SDP answers.
+    video: Option<PayloadParams>,
 }
 
 /// What changed in the room directory, for events and logs.
@@ -99,7 +103,7 @@ impl RoomRouter {
     fn entry(&mut self, key: RoomKey, name: &str, changes: &mut Vec<RoomChange>) -> &mut RoomEntry {
         self.rooms.entry(key).or_insert_with(|| {
             changes.push(RoomChange::Created(key, name.to_string()));
-            RoomEntry { name: name.to_string(), publisher: None, viewer_cores: Vec::new() }
+            RoomEntry { name: name.to_string(), publisher: None, viewer_cores: Vec::new(), video: None }
         })
     }
 
@@ -127,6 +131,7 @@ impl RoomRouter {
         if let Some(room) = self.rooms.get_mut(&key) {
             if matches!(room.publisher, Some((s, _)) if s == session) {
                 room.publisher = None;
+                room.video = None;
             }
         }
         self.destroy_if_idle(key, changes);
@@ -167,6 +172,22 @@ impl RoomRouter {
     /// Cores the room's packets must be handed to (each once).
     pub fn viewer_cores(&self, key: RoomKey) -> &[usize] {
         self.rooms.get(&key).map(|r| r.viewer_cores.as_slice()).unwrap_or(&[])
+    }
+
+    /// [`viewer_cores`](Self::viewer_cores) for one of the room's packets, noting the format of its video
+    /// on the way (a comparison per packet, not per viewer).
+    pub fn route(&mut self, key: RoomKey, packet: &ForwardedPacket) -> &[usize] {
+        let Some(room) = self.rooms.get_mut(&key) else { return &[] };
+        if packet.kind() == TrackKind::Video && room.video.is_none_or(|v| v != packet.params) {
+            room.video = Some(packet.params);
+        }
+        &room.viewer_cores
+    }
+
+    /// The format of the room's current video (None before its first video packet and after its
+    /// publisher left): what a new viewer's answer should offer.
+    pub fn video_format(&self, key: RoomKey) -> Option<PayloadParams> {
+        self.rooms.get(&key).and_then(|r| r.video)
     }
 
     pub fn name(&self, key: RoomKey) -> Option<&str> {
@@ -263,6 +284,48 @@ mod tests {
         r.remove_viewer_core(k, 0, &mut ch);
         assert!(r.is_empty());
         assert_eq!(ch.last(), Some(&RoomChange::Destroyed(k, "r".into())));
+    }
+
+    fn packet(codec: crate::packet::Codec, params: PayloadParams) -> ForwardedPacket {
+        ForwardedPacket {
+            codec,
+            params,
+            source: 1,
+            seq: 1,
+            timestamp: 0,
+            marker: false,
+            keyframe_start: false,
+            clock_rate: 90_000,
+            received_at: std::time::Instant::now(),
+            payload: std::sync::Arc::from(&b"x"[..]),
+        }
+    }
+
+    #[test]
+    fn route_notes_the_current_video_format() {
+        use crate::packet::Codec;
+        use str0m::format::{CodecConfig, PayloadParams};
+        let find = |codec| -> PayloadParams {
+            let c = CodecConfig::new_with_defaults();
+            c.params().iter().copied().find(|p| p.spec().codec == codec).unwrap()
+        };
+        let (vp8, opus) = (find(str0m::format::Codec::Vp8), find(str0m::format::Codec::Opus));
+        let k = RoomKey::of("fmt");
+        let mut r = RoomRouter::new(0);
+        let mut ch = Vec::new();
+        // No room yet: nothing to note, nowhere to route.
+        assert!(r.route(k, &packet(Codec::Vp8, vp8)).is_empty());
+        let p = SessionId::new(0, 1);
+        r.publish(k, "fmt", p, &mut ch).unwrap();
+        assert_eq!(r.video_format(k), None);
+        r.route(k, &packet(Codec::Opus, opus));
+        assert_eq!(r.video_format(k), None, "audio does not set the video format");
+        r.route(k, &packet(Codec::Vp8, vp8));
+        assert_eq!(r.video_format(k), Some(vp8));
+        // The publisher leaves, a viewer core keeps the room: the old format is forgotten.
+        r.add_viewer_core(k, "fmt", 0, &mut ch);
+        r.unpublish(k, p, &mut ch);
+        assert_eq!(r.video_format(k), None);
     }
 
     #[test]

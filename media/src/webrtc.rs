@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{CodecConfig, PayloadParams};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::bwe::{Bitrate, BweKind};
@@ -39,6 +39,11 @@ pub enum SessionError {
     BadSdp(String),
     #[error("offer has no usable media: {0}")]
     NoUsableMedia(&'static str),
+    #[error(
+        "the room's video is H.264 profile-level-id {stream:06x} and the offer has no compatible H.264 profile \
+         (RFC 6184: profiles must match) nor other usable media"
+    )]
+    IncompatibleH264 { stream: u32 },
     #[error("no usable host candidate: {0}")]
     Candidate(String),
     #[error("webrtc: {0}")]
@@ -149,7 +154,7 @@ pub struct WebRtcSession {
     viewer_tracks: Vec<ViewerTrack>,
     /// The client's ICE credentials (from the offer, then from ICE restarts).
     remote_ice: Option<IceCreds>,
-    /// The first media section of the offer (`m=` line head, mid), echoed in ICE-restart answers.
+    /// The answer's first accepted media section (`m=` line, mid), named in ICE-restart answer fragments.
     first_section: Option<(String, String)>,
     /// Host candidates this session advertises.
     local_candidates: Vec<SocketAddr>,
@@ -164,9 +169,16 @@ pub struct WebRtcSession {
     bitrate_reported: Option<(u64, Instant)>,
 }
 
-/// Builds the Rtc configuration shared by both roles.
-fn new_rtc(now: Instant, cert: Option<DtlsCert>, bwe: bool) -> Rtc {
+/// Builds the Rtc configuration shared by both roles. `h264`: the one H.264 format to offer instead of
+/// str0m's default list (a viewer of a room whose video is H.264: see [`WebRtcSession::accept`]).
+fn new_rtc(now: Instant, cert: Option<DtlsCert>, bwe: bool, h264: Option<H264Format>) -> Rtc {
     let mut cfg = Rtc::builder().set_rtp_mode(true).set_ice_lite(true).set_stats_interval(Some(STATS_INTERVAL));
+    if let Some(f) = h264 {
+        let codecs = cfg.codec_config();
+        codecs.enable_h264(false);
+        // str0m's default H.264 payload types (just removed), so nothing else collides with them.
+        codecs.add_h264(Pt::from(127), Some(Pt::from(121)), f.packetization_mode == 1, f.profile_level_id);
+    }
     if bwe {
         cfg = cfg.enable_bwe(Some(BWE_INITIAL));
     }
@@ -174,6 +186,26 @@ fn new_rtc(now: Instant, cert: Option<DtlsCert>, bwe: bool) -> Rtc {
         cfg = cfg.set_dtls_cert(cert);
     }
     cfg.build(now)
+}
+
+/// The H.264 format a room's video is in: what a viewer's answer must name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct H264Format {
+    profile_level_id: u32,
+    packetization_mode: u8,
+}
+
+impl H264Format {
+    fn of(params: &PayloadParams) -> Option<Self> {
+        let spec = params.spec();
+        if spec.codec != str0m::format::Codec::H264 {
+            return None;
+        }
+        Some(H264Format {
+            profile_level_id: spec.format.profile_level_id?,
+            packetization_mode: spec.format.packetization_mode.unwrap_or(0),
+        })
+    }
 }
 
 /// Media sections of an SDP offer as (mid, kind), read from the text.
@@ -199,26 +231,90 @@ fn offered_mids(sdp: &str) -> Vec<(String, TrackKind)> {
     out
 }
 
-/// The session-level (or first media-level) ICE credentials of an offer, and its first media section's
-/// `m=` line and mid.
-fn offer_ice_and_first_section(sdp: &str) -> (Option<IceCreds>, Option<(String, String)>) {
-    let (mut ufrag, mut pwd, mut m_line, mut first) = (None, None, None, None);
+/// The `profile-level-id` values of an offer's H.264 formats (for logs).
+fn offered_h264_profiles(sdp: &str) -> Vec<String> {
+    let h264_pts: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=rtpmap:"))
+        .filter_map(|r| r.split_once(' '))
+        .filter(|(_, enc)| enc.to_ascii_uppercase().starts_with("H264/"))
+        .map(|(pt, _)| pt)
+        .collect();
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=fmtp:"))
+        .filter_map(|r| r.split_once(' '))
+        .filter(|(pt, _)| h264_pts.contains(pt))
+        .filter_map(|(_, f)| f.split(';').find_map(|kv| kv.trim().strip_prefix("profile-level-id=")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The session-level (or first media-level) ICE credentials of an offer.
+fn offer_ice_credentials(sdp: &str) -> Option<IceCreds> {
+    let (mut ufrag, mut pwd) = (None, None);
     for line in sdp.lines().map(str::trim_end) {
         if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
             ufrag.get_or_insert_with(|| v.to_string());
         } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
             pwd.get_or_insert_with(|| v.to_string());
-        } else if line.starts_with("m=") && m_line.is_none() {
-            m_line = Some(line.to_string());
-        } else if let (Some(mid), Some(m), None) = (line.strip_prefix("a=mid:"), &m_line, &first) {
-            first = Some((m.clone(), mid.to_string()));
         }
     }
-    let creds = match (ufrag, pwd) {
-        (Some(ufrag), Some(pass)) => Some(IceCreds { ufrag, pass }),
-        _ => None,
+    Some(IceCreds { ufrag: ufrag?, pass: pwd? })
+}
+
+/// An answer's sections as line ranges: (start of the `m=` line, end), after the session part.
+fn sections(lines: &[&str]) -> Vec<(usize, usize)> {
+    let starts: Vec<usize> = lines.iter().enumerate().filter(|(_, l)| l.starts_with("m=")).map(|(i, _)| i).collect();
+    starts.iter().enumerate().map(|(k, &i)| (i, starts.get(k + 1).copied().unwrap_or(lines.len()))).collect()
+}
+
+/// Whether an `m=` line rejects its section (port 0, RFC 3264 §6).
+fn rejected(m_line: &str) -> bool {
+    m_line.split_whitespace().nth(1) == Some("0")
+}
+
+/// str0m 0.25 writes the ICE candidates into the answer's first media section even when it rejected that
+/// section (a viewer whose video codecs all mismatch, while its audio is accepted): the client then has no
+/// candidate for the bundled transport and never connects. Moves them into the first accepted section.
+fn answer_with_candidates_in_bundle(answer: &str) -> String {
+    let lines: Vec<&str> = answer.lines().collect();
+    let secs = sections(&lines);
+    let is_cand = |l: &&str| l.starts_with("a=candidate:") || *l == "a=end-of-candidates";
+    let (Some(&(r0, r1)), Some(&(a0, a1))) =
+        (secs.first().filter(|(i, _)| rejected(lines[*i])), secs.iter().find(|(i, _)| !rejected(lines[*i])))
+    else {
+        return answer.to_string();
     };
-    (creds, first)
+    let moved: Vec<&str> = lines[r0..r1].iter().copied().filter(is_cand).collect();
+    if moved.is_empty() || lines[a0..a1].iter().any(is_cand) {
+        return answer.to_string();
+    }
+    // After the accepted section's `c=` line, where str0m puts them in a section of its own.
+    let at = (a0..a1).find(|&i| lines[i].starts_with("c=")).unwrap_or(a0);
+    let mut out = String::with_capacity(answer.len());
+    for (i, line) in lines.iter().enumerate() {
+        if (r0..r1).contains(&i) && is_cand(line) {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+        if i == at {
+            for c in &moved {
+                out.push_str(c);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    out
+}
+
+/// The first section an answer accepted, as (`m=` line, mid): ICE-restart answer fragments name it.
+fn first_accepted_section(answer: &str) -> Option<(String, String)> {
+    let lines: Vec<&str> = answer.lines().collect();
+    sections(&lines).into_iter().filter(|(i, _)| !rejected(lines[*i])).find_map(|(i, end)| {
+        let mid = lines[i..end].iter().find_map(|l| l.strip_prefix("a=mid:"))?;
+        Some((lines[i].to_string(), mid.to_string()))
+    })
 }
 
 pub fn codec_of(params: &PayloadParams) -> Option<Codec> {
@@ -235,19 +331,27 @@ pub fn codec_of(params: &PayloadParams) -> Option<Codec> {
 
 impl WebRtcSession {
     /// Accepts an SDP offer for `role`, returning the session and the SDP answer.
+    ///
+    /// `room_video`: a viewer's room's current video format, if it has one. When it is H.264, the answer
+    /// names exactly that `profile-level-id` (e.g. an RTMP stream's, read from its SPS) instead of echoing
+    /// the profiles the viewer offered, so the viewer's decoder is set up for the stream it will get. A
+    /// viewer that offered no compatible H.264 profile gets no H.264 in the answer: its other video codecs
+    /// (for a later publisher), or no video — it could not decode this stream.
     pub fn accept(
         role: Role,
         offer_sdp: &str,
         candidates: &[SocketAddr],
         cert: Option<DtlsCert>,
         viewer_bwe: bool,
+        room_video: Option<&PayloadParams>,
         now: Instant,
     ) -> Result<(Self, String), SessionError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SessionError::BadSdp(e.to_string()))?;
         // Bandwidth estimation only when asked for and where it can work: a viewer whose client sends
         // transport-wide feedback (REMB from any viewer is an estimate too). It also turns on str0m's pacer.
         let bwe = viewer_bwe && role == Role::Viewer && offer_sdp.contains("transport-cc");
-        let mut rtc = new_rtc(now, cert, bwe);
+        let h264 = room_video.filter(|_| role == Role::Viewer).and_then(H264Format::of);
+        let mut rtc = new_rtc(now, cert, bwe, h264);
         let mut added = 0;
         for addr in candidates {
             match Candidate::host(*addr, "udp") {
@@ -284,6 +388,24 @@ impl WebRtcSession {
                 usable.push((mid, kind));
             }
         }
+        let h264_negotiated = usable.iter().any(|(mid, kind)| {
+            *kind == TrackKind::Video
+                && rtc.media(*mid).is_some_and(|m| {
+                    m.remote_pts().iter().any(|pt| {
+                        rtc.codec_config().iter().any(|p| p.pt() == *pt && p.spec().codec == str0m::format::Codec::H264)
+                    })
+                })
+        });
+        if let (Some(f), false) = (h264, h264_negotiated) {
+            tracing::warn!(
+                profile_level_id = %format!("{:06x}", f.profile_level_id),
+                offered = %offered_h264_profiles(offer_sdp).join(","),
+                "viewer offered no H.264 profile compatible with the room's video: it can't play it"
+            );
+            if usable.is_empty() {
+                return Err(SessionError::IncompatibleH264 { stream: f.profile_level_id });
+            }
+        }
         if usable.is_empty() {
             return Err(SessionError::NoUsableMedia(match role {
                 Role::Publisher => "a WHIP offer needs a sendonly/sendrecv audio or video section with Opus, VP8, VP9, H264 or AV1",
@@ -291,7 +413,9 @@ impl WebRtcSession {
             }));
         }
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        let (remote_ice, first_section) = offer_ice_and_first_section(offer_sdp);
+        let answer = answer_with_candidates_in_bundle(&answer.to_sdp_string());
+        let remote_ice = offer_ice_credentials(offer_sdp);
+        let first_section = first_accepted_section(&answer);
         let mut session = WebRtcSession {
             rtc,
             role,
@@ -329,7 +453,7 @@ impl WebRtcSession {
                     .collect()
             }
         }
-        Ok((session, answer.to_sdp_string()))
+        Ok((session, answer))
     }
 
     pub fn role(&self) -> Role {
@@ -766,7 +890,7 @@ mod tests {
 
     fn publisher() -> WebRtcSession {
         let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
-        WebRtcSession::accept(Role::Publisher, OFFER, &[addr], None, false, Instant::now()).unwrap().0
+        WebRtcSession::accept(Role::Publisher, OFFER, &[addr], None, false, None, Instant::now()).unwrap().0
     }
 
     #[test]
@@ -805,10 +929,108 @@ mod tests {
         assert_eq!(s.apply_trickle(frag), Ok(TrickleOutcome::Candidates(1)));
     }
 
+    /// A WHEP viewer's offer: recvonly video with the given (pt, rtpmap, fmtp) formats, optionally audio.
+    fn viewer_offer(video: &[(u8, &str, &str)], audio: bool) -> String {
+        let pts: Vec<String> = video.iter().map(|(pt, _, _)| pt.to_string()).collect();
+        let mut sdp = String::from("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+        sdp += &format!("a=group:BUNDLE 0{}\r\n", if audio { " 1" } else { "" });
+        sdp += &format!("m=video 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n", pts.join(" "));
+        sdp += "a=ice-ufrag:abcd\r\na=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+        sdp += "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n";
+        sdp += "a=setup:actpass\r\n";
+        for (pt, map, fmtp) in video {
+            sdp += &format!("a=rtpmap:{pt} {map}\r\n");
+            if !fmtp.is_empty() {
+                sdp += &format!("a=fmtp:{pt} {fmtp}\r\n");
+            }
+        }
+        if audio {
+            sdp += "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\na=rtcp-mux\r\n";
+            sdp += "a=rtpmap:111 opus/48000/2\r\n";
+        }
+        sdp
+    }
+
+    const BROWSER_H264: &[(u8, &str, &str)] = &[
+        (96, "VP8/90000", ""),
+        (102, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f"),
+        (106, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
+        (112, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f"),
+        (116, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f"),
+    ];
+
+    fn h264_room(profile_level_id: u32) -> PayloadParams {
+        let mut c = CodecConfig::empty();
+        c.add_h264(Pt::from(102), None, true, profile_level_id);
+        c.params()[0]
+    }
+
+    fn accept_viewer(offer: &str, room_video: Option<&PayloadParams>) -> Result<String, SessionError> {
+        let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+        WebRtcSession::accept(Role::Viewer, offer, &[addr], None, false, room_video, Instant::now()).map(|(_, a)| a)
+    }
+
+    fn answer_h264_profiles(answer: &str) -> Vec<String> {
+        offered_h264_profiles(answer)
+    }
+
+    #[test]
+    fn viewer_answer_names_the_room_stream_profile() {
+        let offer = viewer_offer(BROWSER_H264, true);
+        // No publisher yet: str0m's usual negotiation (the viewer's profiles echoed).
+        let echoed = answer_h264_profiles(&accept_viewer(&offer, None).unwrap());
+        assert!(echoed.len() > 1 && echoed.contains(&"42e01f".to_string()), "{echoed:?}");
+        // An RTMP stream: Main profile level 3.1 (constraint_set1): exactly that, on the viewer's Main PT.
+        let answer = accept_viewer(&offer, Some(&h264_room(0x4d401f))).unwrap();
+        assert_eq!(answer_h264_profiles(&answer), vec!["4d401f"], "{answer}");
+        assert!(answer.contains("a=rtpmap:112 H264/90000"), "{answer}");
+        assert!(answer.contains("a=rtpmap:96 VP8/90000"), "other codecs stay negotiable: {answer}");
+        // Constrained Baseline from libx264 (42c01e) matches the browser's 42e01f.
+        let answer = accept_viewer(&offer, Some(&h264_room(0x42c01e))).unwrap();
+        assert_eq!(answer_h264_profiles(&answer), vec!["42c01e"], "{answer}");
+        // A VP8 room leaves H.264 as str0m negotiates it.
+        let mut vp8 = CodecConfig::empty();
+        vp8.enable_vp8(true);
+        assert!(answer_h264_profiles(&accept_viewer(&offer, Some(&vp8.params()[0])).unwrap()).len() > 1);
+    }
+
+    #[test]
+    fn viewer_without_a_compatible_profile_gets_no_h264() {
+        let baseline_only: &[(u8, &str, &str)] = &[
+            (96, "VP8/90000", ""),
+            (102, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
+        ];
+        // High profile stream, viewer offers VP8 + Constrained Baseline: the answer keeps VP8 only.
+        let answer = accept_viewer(&viewer_offer(baseline_only, true), Some(&h264_room(0x640028))).unwrap();
+        assert!(answer_h264_profiles(&answer).is_empty(), "{answer}");
+        assert!(answer.contains("VP8/90000"), "{answer}");
+        // Only H.264 video, nothing else usable: refused with the reason.
+        let err = accept_viewer(&viewer_offer(&baseline_only[1..], false), Some(&h264_room(0x640028))).unwrap_err();
+        assert!(matches!(err, SessionError::IncompatibleH264 { stream: 0x640028 }), "{err}");
+        assert!(err.to_string().contains("640028"), "{err}");
+    }
+
+    #[test]
+    fn rejected_first_section_keeps_no_candidates() {
+        // Chromium offering only Main-profile H.264 for a Constrained Baseline room: video rejected, audio
+        // accepted; the candidate must be in the (bundled) audio section or the viewer never connects.
+        let only_main: &[(u8, &str, &str)] =
+            &[(102, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f")];
+        let answer = accept_viewer(&viewer_offer(only_main, true), Some(&h264_room(0x42e01f))).unwrap();
+        let (video, audio) = answer.split_once("m=audio").unwrap();
+        assert!(video.contains("m=video 0 ") && !video.contains("a=candidate:"), "{answer}");
+        assert!(audio.contains("a=candidate:") && !audio.contains("a=group:BUNDLE"), "{answer}");
+        assert_eq!(first_accepted_section(&answer).map(|(_, mid)| mid), Some("1".to_string()));
+        // Nothing to move: unchanged.
+        let ok = accept_viewer(&viewer_offer(BROWSER_H264, true), None).unwrap();
+        assert_eq!(answer_with_candidates_in_bundle(&ok), ok);
+        assert_eq!(first_accepted_section(&ok).map(|(_, mid)| mid), Some("0".to_string()));
+    }
+
     #[test]
     fn garbage_offer_is_bad_sdp() {
         let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
-        let err = WebRtcSession::accept(Role::Publisher, "hello", &[addr], None, false, Instant::now()).err().unwrap();
+        let err = WebRtcSession::accept(Role::Publisher, "hello", &[addr], None, false, None, Instant::now()).err().unwrap();
         assert!(matches!(err, SessionError::BadSdp(_)), "{err}");
     }
 }

@@ -337,24 +337,29 @@ def test_aiortc_publisher_chromium_watcher(dev_server, codec):
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_chromium_watches_rtmp_room(request, monkeypatch):
+@pytest.mark.parametrize("profile", ["baseline", "main"])
+def test_chromium_watches_rtmp_room(request, monkeypatch, profile):
     """ffmpeg publishes over RTMP (keyframes 8 s apart), Chromium watches with the demo page mid-GOP: the cached
-    GOP starts it at once (well before the next keyframe) and framesDecoded grows at the live rate."""
+    GOP starts it at once (well before the next keyframe) and framesDecoded grows at the live rate. The WHEP
+    answer names the stream's real profile-level-id (read here from libx264's SPS), for Constrained Baseline
+    and for Main (Debian's Chromium offers both, but not High)."""
     import subprocess
 
     from conftest import free_tcp_port
+    from h264 import PROFILE_ARGS, answer_h264_profiles, x264_profile_level_id
 
     rtmp_port = free_tcp_port()
     monkeypatch.delenv("SFUMATO_SECRET", raising=False)
     request.node.add_marker(pytest.mark.server_args("--rtmp-port", str(rtmp_port)))
     server = request.getfixturevalue("server")
     base = server.base_url
-    room = "rtmp-to-chromium"
+    room = f"rtmp-to-chromium-{profile}"
+    sps = x264_profile_level_id(*PROFILE_ARGS[profile])
     cmd = [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
         "-re", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30",
         "-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "40",
-        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v", "baseline", "-bf", "0",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", *PROFILE_ARGS[profile],
         "-preset", "ultrafast", "-tune", "zerolatency", "-g", "250",
         "-c:a", "aac", "-ar", "44100", "-f", "flv", f"rtmp://127.0.0.1:{rtmp_port}/live/{room}",
     ]
@@ -378,6 +383,8 @@ def test_chromium_watches_rtmp_room(request, monkeypatch):
             print(f"Chromium: first frame decoded {first * 1000:.0f} ms after Watch; {st}")
             assert (st["width"], st["height"]) == (640, 360), st
             assert st["codec"] and st["codec"].lower() == "video/h264", st
+            answer = await page.evaluate("window.sfumato.sessions.whep.pc.remoteDescription.sdp")
+            assert answer_h264_profiles(answer) == [sps], (sps, answer)
             assert server.health()["stats"]["rtmp_gop_replays"] >= 1
             await page.click("#stop")
             await wait_sessions(base, 0, timeout=10)

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from conftest import free_tcp_port
-from webrtc_clients import delete, healthz, play
+from h264 import PROFILE_ARGS, answer_h264_profiles, x264_profile_level_id
+from webrtc_clients import WhipError, delete, healthz, media_codecs, play
 
 RTMP_PORT = free_tcp_port()
 MIN_FPS = 25.0  # ffmpeg sends 30 fps
@@ -75,7 +76,12 @@ async def _rtmp_publish_whep_play(server):
     viewer = None
     try:
         await wait_publishers(server.base_url, 1, timeout=10)
+        await asyncio.sleep(0.5)  # the AVC sequence header and first frames have reached the room
         viewer = await play(server.base_url, room)
+        # The answer names the stream's own profile-level-id (libx264 baseline: Constrained Baseline, 42c0xx),
+        # not the aiortc offer's 42001f/42e01f.
+        sps = x264_profile_level_id(*PROFILE_ARGS["baseline"])
+        assert answer_h264_profiles(viewer.answer) == [sps], (sps, viewer.answer)
         await viewer.stats.wait_video_frames(30, timeout=15)
         await viewer.stats.wait_audio_frames(25, timeout=10)
         await asyncio.sleep(RUN_SECONDS)
@@ -99,6 +105,40 @@ async def _rtmp_publish_whep_play(server):
     # The publisher leaves with the connection.
     h = await wait_publishers(server.base_url, 0, timeout=5)
     assert h["stats"]["rtmp_rejected"] == 0, (h["stats"], out)
+
+
+@pytest.mark.timeout(60)
+def test_rtmp_main_profile_not_offered_to_baseline_only_viewers(server):
+    """A Main-profile stream (no B-frames). aiortc offers H264 only as Baseline/Constrained Baseline: its answer
+    has no H264 (RFC 6184: profiles must match; it keeps VP8 for a later publisher) and it gets audio. An offer
+    with H264 as its only video codec and no audio is refused with the stream's profile-level-id in the reason."""
+    asyncio.run(_main_profile_not_offered(server))
+
+
+async def _main_profile_not_offered(server):
+    room = "rtmp-main-profile"
+    args = PROFILE_ARGS["main"]
+    sps = x264_profile_level_id(*args)
+    assert sps.startswith("4d"), sps
+    ff = ffmpeg_publish(room, *args)
+    viewer = None
+    try:
+        await wait_publishers(server.base_url, 1, timeout=10)
+        await asyncio.sleep(0.5)  # the AVC sequence header and first frames have reached the room
+        viewer = await play(server.base_url, room)
+        assert answer_h264_profiles(viewer.answer) == [], viewer.answer
+        answered = media_codecs(viewer.answer, "video")
+        assert "H264" in media_codecs(viewer.offer, "video") and "H264" not in answered and "VP8" in answered, viewer.answer
+        await viewer.stats.wait_audio_frames(25, timeout=10)
+        assert viewer.stats.video_frames == 0, viewer.stats.summary()
+        with pytest.raises(WhipError) as e:
+            await play(server.base_url, room, audio=False, video_codec="H264")
+        assert e.value.status == 400 and sps in e.value.body, e.value.body
+    finally:
+        if viewer is not None:
+            await delete(server.base_url, viewer.location)
+            await viewer.close()
+        stop(ff)
 
 
 @pytest.mark.timeout(90)
