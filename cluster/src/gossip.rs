@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::node::{
-    HostedRooms, Load, NodeAddrs, NodeId, MAX_HOSTED_ROOMS, MAX_MEDIA_ADDRS, MAX_ROOM_NAME_LEN,
+    CarriedRooms, Load, NodeAddrs, NodeId, MAX_CARRIED_ROOMS, MAX_MEDIA_ADDRS, MAX_ROOM_NAME_LEN,
     MAX_ZONE_LEN,
 };
 use crate::wire::WireError;
@@ -44,7 +44,7 @@ pub struct GossipEntry {
 pub struct NodeData {
     pub zone: String,
     pub addrs: NodeAddrs,
-    pub rooms: HostedRooms,
+    pub rooms: CarriedRooms,
 }
 
 impl GossipMsg {
@@ -67,8 +67,8 @@ impl NodeData {
         if self.addrs.media.len() > MAX_MEDIA_ADDRS {
             return Err(WireError::Invalid("too many media addresses"));
         }
-        if self.rooms.len() > MAX_HOSTED_ROOMS {
-            return Err(WireError::Invalid("too many hosted rooms"));
+        if self.rooms.len() > MAX_CARRIED_ROOMS {
+            return Err(WireError::Invalid("too many rooms"));
         }
         if self
             .rooms

@@ -55,7 +55,7 @@ pub use membership::{
     Member, MemberStatus, Membership, MembershipConfig, MembershipEvent, MembershipOutput,
 };
 pub use node::{
-    Hello, HostedRooms, InvalidNodeId, Load, NodeAddrs, NodeId, NodeInfo, TrackKind, TrackKinds,
+    CarriedRoom, CarriedRooms, Hello, InvalidNodeId, Load, NodeAddrs, NodeId, NodeInfo, TrackKind, TrackKinds,
 };
 pub use tls::ALPN;
 pub use wire::{

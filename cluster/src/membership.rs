@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::gossip::{GossipEntry, GossipMsg, NodeData, MAX_GOSSIP_ENTRIES};
-use crate::node::{HostedRooms, Load, NodeId, NodeInfo};
+use crate::node::{CarriedRooms, Load, NodeId, NodeInfo};
 use crate::rng::Rng;
 
 /// Timing of gossip and failure detection.
@@ -265,8 +265,8 @@ impl Membership {
         self.me.load = load;
     }
 
-    /// Rooms we host a publisher for (room → track kinds).
-    pub fn set_hosted_rooms(&mut self, rooms: HostedRooms) {
+    /// The rooms this node carries: those it publishes and those it pulls from another node.
+    pub fn set_rooms(&mut self, rooms: CarriedRooms) {
         if rooms != self.me.rooms {
             self.me.rooms = rooms;
             self.version += 1;
@@ -326,13 +326,14 @@ impl Membership {
 
     /// A live node (this one included) hosting a publisher for `room`; alive nodes before suspect ones.
     pub fn node_hosting(&self, room: &str) -> Option<&NodeInfo> {
-        if self.me.rooms.contains_key(room) && !self.left {
+        let publishes = |info: &NodeInfo| info.rooms.get(room).is_some_and(|r| r.publisher);
+        if publishes(&self.me) && !self.left {
             return Some(&self.me);
         }
         let hosting = |status| {
             self.members
                 .values()
-                .find(move |m| m.status == status && m.info.rooms.contains_key(room))
+                .find(move |m| m.status == status && publishes(&m.info))
                 .map(|m| &m.info)
         };
         hosting(MemberStatus::Alive).or_else(|| hosting(MemberStatus::Suspect))

@@ -17,8 +17,8 @@ pub const MAX_ZONE_LEN: usize = 64;
 pub const MAX_ROOM_NAME_LEN: usize = 256;
 /// Most media (WebRTC UDP) addresses one node may advertise.
 pub const MAX_MEDIA_ADDRS: usize = 64;
-/// Most rooms one node may advertise as hosting.
-pub const MAX_HOSTED_ROOMS: usize = 20_000;
+/// Most rooms one node may advertise as carrying.
+pub const MAX_CARRIED_ROOMS: usize = 20_000;
 
 /// A node's stable name (`--node-id`): 1–64 bytes of `[A-Za-z0-9._-]`.
 ///
@@ -117,8 +117,19 @@ impl TrackKinds {
     }
 }
 
-/// Room name → the tracks this node's publisher offers there.
-pub type HostedRooms = BTreeMap<String, TrackKinds>;
+/// What a node's gossip says about one room it carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedRoom {
+    /// The room's publisher is on this node. Otherwise the node pulls the room from another one, for its
+    /// own viewers or as its zone's relay.
+    pub publisher: bool,
+    /// `profile-level-id` of the room's video when it is H.264: a viewer joining on another node is
+    /// answered with it before that node has seen a packet of the room.
+    pub h264_profile_level_id: Option<u32>,
+}
+
+/// Room name → what this node says about it: every room it publishes or pulls.
+pub type CarriedRooms = BTreeMap<String, CarriedRoom>;
 
 /// What a node says about itself when a link comes up (before any gossip).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +149,7 @@ pub struct NodeInfo {
     pub zone: String,
     pub addrs: NodeAddrs,
     pub load: Load,
-    pub rooms: HostedRooms,
+    pub rooms: CarriedRooms,
 }
 
 impl NodeInfo {

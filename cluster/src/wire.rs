@@ -16,7 +16,7 @@ use crate::gossip::GossipMsg;
 use crate::node::{Hello, TrackKind, MAX_MEDIA_ADDRS, MAX_ROOM_NAME_LEN, MAX_ZONE_LEN};
 
 /// Version byte at the start of every frame payload.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame payload (version byte + message), in bytes.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// Bytes of the length prefix.

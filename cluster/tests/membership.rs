@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sfumato_cluster::{
     decode_control, ControlFrame, ControlMsg, GossipEntry, GossipMsg, Load, MemberStatus,
-    Membership, MembershipEvent, MembershipOutput, NodeAddrs, NodeId, NodeInfo, TrackKinds,
+    CarriedRoom, Membership, MembershipEvent, MembershipOutput, NodeAddrs, NodeId, NodeInfo,
 };
 
 fn addr(port: u16) -> SocketAddr {
@@ -390,17 +390,19 @@ fn restarted_node_replaces_its_old_incarnation() {
 }
 
 #[test]
-fn hosted_rooms_and_load_are_gossiped() {
+fn carried_rooms_and_load_are_gossiped() {
     let mut net = three_from_one_seed();
     net.run_for(Duration::from_secs(1));
     let rooms = BTreeMap::from([(
         "lobby".to_string(),
-        TrackKinds {
-            audio: true,
-            video: true,
+        CarriedRoom {
+            publisher: true,
+            h264_profile_level_id: Some(0x42c01e),
         },
     )]);
-    net.nodes[1].m.set_hosted_rooms(rooms);
+    net.nodes[1].m.set_rooms(rooms);
+    // c pulls the room from b: it carries it, but does not host its publisher.
+    net.nodes[2].m.set_rooms(BTreeMap::from([("lobby".to_string(), CarriedRoom::default())]));
     net.nodes[1].m.update_self_load(Load {
         cpu_permille: 420,
         sessions: 17,
@@ -410,7 +412,7 @@ fn hosted_rooms_and_load_are_gossiped() {
     for i in [0, 2] {
         let host = net.nodes[i].m.node_hosting("lobby").expect("room found");
         assert_eq!(host.id.as_str(), "b");
-        assert!(host.rooms["lobby"].video);
+        assert_eq!(host.rooms["lobby"].h264_profile_level_id, Some(0x42c01e));
         assert_eq!(host.load.sessions, 17);
         assert!(net.nodes[i].m.node_hosting("nowhere").is_none());
         assert!(net.nodes[i]
@@ -423,15 +425,17 @@ fn hosted_rooms_and_load_are_gossiped() {
         "b",
         "own rooms count too"
     );
-    net.nodes[1].m.set_hosted_rooms(BTreeMap::new());
+    let c_seen_by_a = net.nodes[0].m.member(&NodeId::new("c").unwrap()).expect("c known");
+    assert_eq!(c_seen_by_a.info.rooms.get("lobby"), Some(&CarriedRoom::default()));
+    net.nodes[1].m.set_rooms(BTreeMap::new());
     net.run_for(Duration::from_secs(1));
-    assert!(net.nodes[0].m.node_hosting("lobby").is_none());
+    assert!(net.nodes[0].m.node_hosting("lobby").is_none(), "c carries lobby but does not publish it");
     // A host that died no longer hosts.
-    net.nodes[2].m.set_hosted_rooms(BTreeMap::from([(
+    net.nodes[2].m.set_rooms(BTreeMap::from([(
         "r2".to_string(),
-        TrackKinds {
-            audio: true,
-            video: false,
+        CarriedRoom {
+            publisher: true,
+            h264_profile_level_id: None,
         },
     )]));
     net.run_for(Duration::from_secs(1));

@@ -6,7 +6,7 @@ use sfumato_cluster::wire::{decode_auth, encode_auth, AuthFrame, MAX_FRAME_LEN, 
 use sfumato_cluster::{
     decode_control, BitrateHint, ControlFrame, ControlMsg, GossipEntry, GossipMsg, Hello, KeyframeRequest, Load,
     NodeAddrs, NodeData, NodeId, SignalKind, SignalReply, SignalRequest, Subscribe, TrackKind,
-    TrackKinds, Unsubscribe, WireError,
+    CarriedRoom, Unsubscribe, WireError,
 };
 
 fn samples() -> Vec<ControlMsg> {
@@ -36,9 +36,9 @@ fn samples() -> Vec<ControlMsg> {
                     addrs,
                     rooms: BTreeMap::from([(
                         "lobby".into(),
-                        TrackKinds {
-                            audio: true,
-                            video: true,
+                        CarriedRoom {
+                            publisher: true,
+                            h264_profile_level_id: Some(0x4d401f),
                         },
                     )]),
                 }),

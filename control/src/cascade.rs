@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use sfumato_cluster::{
-    BitrateHint, ControlMsg, HostedRooms, KeyframeRequest, NodeId, Subscribe, TrackKind, TrackKinds, Unsubscribe,
+    BitrateHint, CarriedRoom, CarriedRooms, ControlMsg, KeyframeRequest, NodeId, Subscribe, TrackKind, TrackKinds,
+    Unsubscribe,
 };
 use sfumato_media::room::RoomKey;
 
@@ -69,8 +70,8 @@ pub enum Action {
     Keyframe { room: RoomKey },
     /// Home core: node `from`, subscribed to the room, reports its lowest bandwidth estimate.
     Bitrate { room: RoomKey, bps: u64, from: NodeId },
-    /// The rooms published on this node changed: gossip them.
-    Hosted(HostedRooms),
+    /// The rooms this node publishes or pulls, or their video format, changed: gossip them.
+    Rooms(CarriedRooms),
 }
 
 /// A room pulled from another node.
@@ -118,6 +119,11 @@ pub struct Cascade {
     wants: BTreeMap<RoomKey, Want>,
     /// Rooms with a local publisher.
     local: BTreeMap<RoomKey, String>,
+    /// H.264 `profile-level-id` of the rooms (published or pulled) whose video is H.264, as their home
+    /// cores saw it in the packets.
+    h264: HashMap<RoomKey, u32>,
+    /// `local`, `wants` or `h264` changed since the last [`Action::Rooms`].
+    rooms_changed: bool,
     /// Our rooms (published or relayed) other nodes subscribed to.
     exports: HashMap<RoomKey, Export>,
     actions: VecDeque<Action>,
@@ -130,24 +136,37 @@ impl Cascade {
             viewers: BTreeMap::new(),
             wants: BTreeMap::new(),
             local: BTreeMap::new(),
+            h264: HashMap::new(),
+            rooms_changed: false,
             exports: HashMap::new(),
             actions: VecDeque::new(),
         }
     }
 
+    /// The next action; once the queue is empty, the carried rooms if they changed (one gossip update for
+    /// a burst of changes).
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        if let Some(a) = self.actions.pop_front() {
+            return Some(a);
+        }
+        if std::mem::take(&mut self.rooms_changed) {
+            return Some(Action::Rooms(self.rooms()));
+        }
+        None
     }
 
     // ---- from home cores ----------------------------------------------------------------------------
 
     /// The home core's view of a room changed.
+    /// `h264`: the `profile-level-id` of the room's video if it is H.264 (gossiped, so viewers joining on
+    /// other nodes are answered with it).
     pub fn room_state(
         &mut self,
         room: RoomKey,
         name: &str,
         local_publisher: bool,
         wants_remote: bool,
+        h264: Option<u32>,
         dir: &impl Directory,
     ) {
         let hosted_before = self.local.contains_key(&room);
@@ -156,8 +175,12 @@ impl Cascade {
         } else {
             self.local.remove(&room);
         }
-        if hosted_before != local_publisher {
-            self.actions.push_back(Action::Hosted(self.hosted()));
+        let h264_before = match h264 {
+            Some(p) => self.h264.insert(room, p),
+            None => self.h264.remove(&room),
+        };
+        if hosted_before != local_publisher || h264_before != h264 {
+            self.rooms_changed = true;
         }
         if wants_remote && !local_publisher {
             self.viewers.insert(room, name.to_string());
@@ -165,6 +188,9 @@ impl Cascade {
             self.viewers.remove(&room);
         }
         self.refresh(room, name, dir);
+        if !self.local.contains_key(&room) && !self.wants.contains_key(&room) {
+            self.h264.remove(&room);
+        }
     }
 
     /// A viewer here (or a downstream node) of a cascaded room needs a keyframe: ask upstream
@@ -326,9 +352,13 @@ impl Cascade {
 
     // ---- queries ------------------------------------------------------------------------------------
 
-    /// Rooms published here (what membership gossips).
-    pub fn hosted(&self) -> HostedRooms {
-        self.local.values().map(|n| (n.clone(), TrackKinds { audio: true, video: true })).collect()
+    /// Rooms published or pulled here, with their video format (what membership gossips).
+    pub fn rooms(&self) -> CarriedRooms {
+        let entry = |room: &RoomKey, publisher| CarriedRoom { publisher, h264_profile_level_id: self.h264.get(room).copied() };
+        let local = self.local.iter().map(|(room, name)| (name.clone(), entry(room, true)));
+        // A room is carried once it has somewhere to come from.
+        let pulled = self.wants.iter().filter(|(_, w)| w.source.is_some()).map(|(room, w)| (w.name.clone(), entry(room, false)));
+        pulled.chain(local).collect()
     }
 
     /// Every room pulled from elsewhere: from which node, and why.
@@ -360,8 +390,12 @@ impl Cascade {
                 self.switch_source(room, found);
             }
             (false, true) => {
+                self.rooms_changed = true;
                 self.switch_source(room, None);
                 self.wants.remove(&room);
+                if !self.local.contains_key(&room) {
+                    self.h264.remove(&room);
+                }
             }
             _ => {}
         }
@@ -374,6 +408,7 @@ impl Cascade {
         }
         let old = std::mem::replace(&mut w.source, source.clone());
         let name = w.name.clone();
+        self.rooms_changed = true;
         w.last_keyframe = None;
         w.last_bitrate = None;
         if let Some(old) = old {
@@ -443,7 +478,7 @@ mod tests {
         let mut c = Cascade::new(id("b"));
         let r = RoomKey::of("r");
         // Viewers but no host known yet: nothing to subscribe to.
-        c.room_state(r, "r", false, true, &at(None));
+        c.room_state(r, "r", false, true, None, &at(None));
         assert!(drain(&mut c).is_empty());
         // Membership learns that a hosts it.
         c.reconcile(&at(Some("a")));
@@ -453,7 +488,7 @@ mod tests {
         assert!(c.accepts(&id("a"), r));
         assert!(!c.accepts(&id("x"), r));
         // The home core reports again (another viewer core joined): no second subscription.
-        c.room_state(r, "r", false, true, &at(Some("a")));
+        c.room_state(r, "r", false, true, None, &at(Some("a")));
         c.reconcile(&at(Some("a")));
         assert!(drain(&mut c).is_empty());
         // a dies, the publisher re-publishes on c.
@@ -470,7 +505,7 @@ mod tests {
         c.link_up(&id("c"));
         assert_eq!(subs_to(&drain(&mut c), "c"), 2);
         // The last viewer leaves.
-        c.room_state(r, "r", false, false, &at(Some("c")));
+        c.room_state(r, "r", false, false, None, &at(Some("c")));
         let a4 = drain(&mut c);
         assert_eq!(unsubs_to(&a4, "c"), 2);
         assert!(a4.contains(&Action::IngestStop { room: r }));
@@ -481,16 +516,16 @@ mod tests {
     fn local_publisher_wins_and_is_gossiped() {
         let mut c = Cascade::new(id("b"));
         let r = RoomKey::of("r");
-        c.room_state(r, "r", false, true, &at(Some("a")));
+        c.room_state(r, "r", false, true, None, &at(Some("a")));
         drain(&mut c);
         // The publisher moved here.
-        c.room_state(r, "r", true, false, &at(Some("b")));
+        c.room_state(r, "r", true, false, None, &at(Some("b")));
         let a = drain(&mut c);
         assert_eq!(unsubs_to(&a, "a"), 2);
-        assert!(a.iter().any(|x| matches!(x, Action::Hosted(h) if h.contains_key("r"))));
+        assert!(a.iter().any(|x| matches!(x, Action::Rooms(h) if h.get("r").is_some_and(|r| r.publisher))));
         // Never subscribe to ourselves.
         let mut c = Cascade::new(id("b"));
-        c.room_state(r, "r", false, true, &at(Some("b")));
+        c.room_state(r, "r", false, true, None, &at(Some("b")));
         assert!(drain(&mut c).is_empty());
     }
 
@@ -498,7 +533,7 @@ mod tests {
     fn exports_count_one_copy_per_node_and_end_with_the_last_subscriber() {
         let mut c = Cascade::new(id("a"));
         let r = RoomKey::of("r");
-        c.room_state(r, "r", true, false, &at(None));
+        c.room_state(r, "r", true, false, None, &at(None));
         drain(&mut c);
         for node in ["b", "c"] {
             for track in [TrackKind::Audio, TrackKind::Video] {
@@ -540,7 +575,7 @@ mod tests {
         let r = RoomKey::of("r");
         let t = Instant::now();
         c.keyframe_wanted(r, t); // not wanted: ignored
-        c.room_state(r, "r", false, true, &at(Some("a")));
+        c.room_state(r, "r", false, true, None, &at(Some("a")));
         drain(&mut c);
         c.keyframe_wanted(r, t);
         c.keyframe_wanted(r, t + Duration::from_millis(100));
@@ -557,7 +592,7 @@ mod tests {
         let t = Instant::now();
         b.bitrate_wanted(r, 500_000, t); // not pulled: ignored
         assert!(drain(&mut b).is_empty());
-        b.room_state(r, "r", false, true, &at(Some("a")));
+        b.room_state(r, "r", false, true, None, &at(Some("a")));
         drain(&mut b);
         b.bitrate_wanted(r, 500_000, t);
         b.bitrate_wanted(r, 400_000, t + Duration::from_millis(300));
@@ -573,7 +608,7 @@ mod tests {
 
         // Source node a: only a subscriber's hint reaches the home core.
         let mut a = Cascade::new(id("a"));
-        a.room_state(r, "r", true, false, &at(None));
+        a.room_state(r, "r", true, false, None, &at(None));
         let hint = ControlMsg::BitrateHint(BitrateHint { room: "r".into(), bps: 400_000 });
         a.on_message(&id("b"), &hint, t, &at(None));
         drain(&mut a);
@@ -644,7 +679,7 @@ mod tests {
                     while let Some(a) = c.poll_action() {
                         match a {
                             Action::Send { to, msg } => mail.push((me.clone(), to, msg)),
-                            Action::Hosted(_) => {}
+                            Action::Rooms(_) => {}
                             other => self.home.entry(me.clone()).or_default().push(other),
                         }
                     }
@@ -698,9 +733,9 @@ mod tests {
         let room = "cast";
         let r = RoomKey::of(room);
         net.world.host = Some(id("a"));
-        net.with("a", |c, t| c.room_state(r, room, true, false, t));
+        net.with("a", |c, t| c.room_state(r, room, true, false, None, t));
         for n in ["e", "b", "c", "d"] {
-            net.with(n, |c, t| c.room_state(r, room, false, true, t));
+            net.with(n, |c, t| c.room_state(r, room, false, true, None, t));
         }
         let z2 = [id("b"), id("c"), id("d")];
         let relay = relay::relay(room, &z2).unwrap().clone();
@@ -736,7 +771,7 @@ mod tests {
         assert!(net.home_of(relay.as_str()).is_empty(), "a relay does not ask its own home core");
 
         // The relay's own viewers leave: it keeps pulling for the others.
-        net.with(relay.as_str(), |c, t| c.room_state(r, room, false, false, t));
+        net.with(relay.as_str(), |c, t| c.room_state(r, room, false, false, None, t));
         assert_eq!(net.from(relay.as_str(), room), Some(id("a")));
         assert_eq!(net.to(relay.as_str(), room), others);
         assert!(!net.home_of(relay.as_str()).contains(&Action::IngestStop { room: r }));
@@ -753,9 +788,9 @@ mod tests {
         assert!(h.contains(&Action::IngestStart { room: r, name: room.into(), from: relay2.clone() }), "{h:?}");
 
         // The new relay's viewers leave, then the last node's: everything is torn down.
-        net.with(relay2.as_str(), |c, t| c.room_state(r, room, false, false, t));
+        net.with(relay2.as_str(), |c, t| c.room_state(r, room, false, false, None, t));
         assert_eq!(net.from(relay2.as_str(), room), Some(id("a")), "still relaying for {last}");
-        net.with(last.as_str(), |c, t| c.room_state(r, room, false, false, t));
+        net.with(last.as_str(), |c, t| c.room_state(r, room, false, false, None, t));
         assert_eq!(net.from(relay2.as_str(), room), None);
         assert!(net.nodes[&relay2].subscriptions().next().is_none());
         assert_eq!(net.to("a", room), vec![id("e")]);
@@ -769,30 +804,30 @@ mod tests {
         let room = "r";
         let r = RoomKey::of(room);
         net.world.host = Some(id("a"));
-        net.with("a", |c, t| c.room_state(r, room, true, false, t));
+        net.with("a", |c, t| c.room_state(r, room, true, false, None, t));
         let z2 = [id("b"), id("c")];
         let relay = relay::relay(room, &z2).unwrap().clone();
         let other = z2.iter().find(|n| **n != relay).unwrap().clone();
         // Only the non-relay node has viewers: the relay pulls for it without any of its own.
-        net.with(other.as_str(), |c, t| c.room_state(r, room, false, true, t));
+        net.with(other.as_str(), |c, t| c.room_state(r, room, false, true, None, t));
         assert_eq!(net.from(other.as_str(), room), Some(relay.clone()));
         assert_eq!(net.from(relay.as_str(), room), Some(id("a")));
         let p = net.nodes[&relay].subscriptions().next().unwrap();
         assert!(p.relaying && !p.viewers);
         // The publisher moves into z2 (to the non-relay node): everyone in z2 goes to it directly.
         net.world.host = Some(other.clone());
-        net.with("a", |c, t| c.room_state(r, room, false, false, t));
-        net.with(other.as_str(), |c, t| c.room_state(r, room, true, false, t));
+        net.with("a", |c, t| c.room_state(r, room, false, false, None, t));
+        net.with(other.as_str(), |c, t| c.room_state(r, room, true, false, None, t));
         net.with(relay.as_str(), |c, t| c.reconcile(t));
         assert_eq!(net.from(other.as_str(), room), None);
         assert!(net.nodes[&relay].subscriptions().next().is_none(), "nothing left to relay");
         // a (z1) gets viewers: it is z1's relay and pulls straight from the source zone.
-        net.with("a", |c, t| c.room_state(r, room, false, true, t));
+        net.with("a", |c, t| c.room_state(r, room, false, true, None, t));
         assert_eq!(net.from("a", room), Some(other.clone()));
         // The relay restarts (link to it comes back): subscriptions to it are re-sent.
         net.world.host = Some(id("a"));
-        net.with(other.as_str(), |c, t| c.room_state(r, room, false, true, t));
-        net.with("a", |c, t| c.room_state(r, room, true, false, t));
+        net.with(other.as_str(), |c, t| c.room_state(r, room, false, true, None, t));
+        net.with("a", |c, t| c.room_state(r, room, true, false, None, t));
         net.with(other.as_str(), |c, t| c.reconcile(t));
         assert_eq!(net.from(other.as_str(), room), Some(relay.clone()));
         net.nodes.insert(relay.clone(), Cascade::new(relay.clone())); // a new process: no state

@@ -10,9 +10,10 @@ use sfumato_media::packet::ForwardedPacket;
 use sfumato_media::room::RoomKey;
 
 pub enum ClusterCtl {
-    /// Home core → core 0: whether the room has a publisher here, and whether it has viewers here but no
-    /// local publisher (its media must come from another node).
-    RoomState { room: RoomKey, name: String, local_publisher: bool, wants_remote: bool },
+    /// Home core → core 0: whether the room has a publisher here, whether it has viewers here but no
+    /// local publisher (its media must come from another node), and its video's H.264 `profile-level-id`
+    /// (if its video is H.264; gossiped for viewers joining on other nodes).
+    RoomState { room: RoomKey, name: String, local_publisher: bool, wants_remote: bool, h264: Option<u32> },
     /// Home core → core 0: a viewer of a cascaded room needs a keyframe.
     KeyframeUp { room: RoomKey },
     /// Home core → core 0: the lowest bandwidth estimate (bits/s) of a cascaded room's viewers (and of the

@@ -364,9 +364,9 @@ impl ClusterNode {
         {
             let mut i = self.inner.borrow_mut();
             match msg {
-                ClusterCtl::RoomState { room, name, local_publisher, wants_remote } => {
+                ClusterCtl::RoomState { room, name, local_publisher, wants_remote, h264 } => {
                     let Inner { cascade, mem, .. } = &mut *i;
-                    cascade.room_state(room, &name, local_publisher, wants_remote, &Members(mem));
+                    cascade.room_state(room, &name, local_publisher, wants_remote, h264, &Members(mem));
                     i.view_dirty = true;
                 }
                 ClusterCtl::KeyframeUp { room } => i.cascade.keyframe_wanted(room, now),
@@ -733,7 +733,10 @@ impl Inner {
             Action::Bitrate { room, bps, from } => {
                 self.to_cores.push((home(room), ClusterCtl::Bitrate { room, bps, from }))
             }
-            Action::Hosted(rooms) => self.mem.set_hosted_rooms(rooms),
+            Action::Rooms(rooms) => {
+                self.mem.set_rooms(rooms);
+                self.view_dirty = true;
+            }
         }
     }
 
@@ -766,7 +769,8 @@ impl Inner {
             status: "alive",
             incarnation: me.incarnation,
             load: me.load,
-            rooms: me.rooms.keys().cloned().collect(),
+            rooms: publishes(&me.rooms),
+            pulls: pulls(&me.rooms),
             http: me.addrs.http,
             quic: me.addrs.quic,
             is_self: true,
@@ -782,12 +786,26 @@ impl Inner {
             },
             incarnation: m.info.incarnation,
             load: m.info.load,
-            rooms: m.info.rooms.keys().cloned().collect(),
+            rooms: publishes(&m.info.rooms),
+            pulls: pulls(&m.info.rooms),
             http: m.info.addrs.http,
             quic: m.info.addrs.quic,
             is_self: false,
         }));
+        // The publisher's node's word first, then any node that pulls the room.
+        let mut h264 = HashMap::new();
+        let all = || std::iter::once(me).chain(self.mem.members().filter(|m| m.is_live()).map(|m| &m.info));
+        for publisher in [true, false] {
+            for info in all() {
+                for (room, r) in info.rooms.iter().filter(|(_, r)| r.publisher == publisher) {
+                    if let Some(p) = r.h264_profile_level_id {
+                        h264.entry(room.clone()).or_insert(p);
+                    }
+                }
+            }
+        }
         ClusterView {
+            h264,
             nodes,
             links_up: self.link.links().count(),
             subscriptions: self
@@ -807,6 +825,14 @@ impl Inner {
                 .collect(),
         }
     }
+}
+
+fn publishes(rooms: &sfumato_cluster::CarriedRooms) -> Vec<String> {
+    rooms.iter().filter(|(_, r)| r.publisher).map(|(n, _)| n.clone()).collect()
+}
+
+fn pulls(rooms: &sfumato_cluster::CarriedRooms) -> Vec<String> {
+    rooms.iter().filter(|(_, r)| !r.publisher).map(|(n, _)| n.clone()).collect()
 }
 
 /// Membership as cascading sees it: a room comes from the live node hosting its publisher — directly in

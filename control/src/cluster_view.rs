@@ -25,6 +25,8 @@ pub struct ViewNode {
     pub load: Load,
     /// Rooms whose publisher this node hosts.
     pub rooms: Vec<String>,
+    /// Rooms this node pulls from another node (for its viewers, or as its zone's relay).
+    pub pulls: Vec<String>,
     pub http: SocketAddr,
     pub quic: SocketAddr,
     pub is_self: bool,
@@ -56,6 +58,9 @@ pub struct ClusterView {
     pub links_up: usize,
     pub subscriptions: Vec<ViewSubscription>,
     pub exports: Vec<ViewExport>,
+    /// H.264 `profile-level-id` of rooms as gossiped, the publisher's node's word first.
+    #[serde(skip)]
+    pub h264: std::collections::HashMap<String, u32>,
 }
 
 /// Counters of the cluster shell (core 0 writes, anyone reads).
@@ -112,6 +117,11 @@ impl ClusterShared {
         }
     }
 
+    /// The H.264 `profile-level-id` of `room`'s video as the cluster gossips it (None: unknown, or not H.264).
+    pub fn room_h264(&self, room: &str) -> Option<u32> {
+        self.view().h264.get(room).copied()
+    }
+
     /// The node a new session of `room` should live on (`None`: every node is over the load threshold).
     /// `zone` is the client's hint (X-Sfumato-Zone), else this gateway's zone.
     pub fn place(&self, role: PlaceRole, room: &str, zone: Option<&str>) -> Option<NodeId> {
@@ -125,12 +135,13 @@ impl ClusterShared {
                 zone: n.zone.clone(),
                 load: n.load,
                 hosts_room: n.rooms.iter().any(|r| r == room),
+                pulls_room: n.pulls.iter().any(|r| r == room),
                 is_self: n.is_self,
             })
             .collect();
         if !nodes.iter().any(|c| c.is_self) {
             // Before the first snapshot: this node alone.
-            nodes.push(Candidate { id: self.me.clone(), zone: self.zone.clone(), load: Load::default(), hosts_room: false, is_self: true });
+            nodes.push(Candidate { id: self.me.clone(), zone: self.zone.clone(), load: Load::default(), hosts_room: false, pulls_room: false, is_self: true });
         }
         self.policy.place(role, zone.unwrap_or(&self.zone), &nodes).map(|c| c.id.clone())
     }
@@ -148,6 +159,7 @@ impl ClusterShared {
             "nodes": view.nodes,
             "subscriptions": view.subscriptions,
             "exports": view.exports,
+            "h264_profiles": view.h264.iter().map(|(room, p)| (room.clone(), serde_json::Value::from(format!("{p:06x}")))).collect::<serde_json::Map<_, _>>(),
             "cascade_packets_out": c.cascade_packets_out.load(Ordering::Relaxed),
             "cascade_packets_in": c.cascade_packets_in.load(Ordering::Relaxed),
             "cascade_dropped": c.cascade_dropped.load(Ordering::Relaxed),
@@ -257,6 +269,7 @@ mod tests {
             incarnation: 1,
             load: Load::default(),
             rooms,
+            pulls: vec![],
             http: "127.0.0.1:1".parse().unwrap(),
             quic: "127.0.0.1:2".parse().unwrap(),
             is_self: me,
@@ -277,5 +290,9 @@ mod tests {
         shared.render_metrics(&mut m);
         assert!(m.contains("sfumato_cluster_members 1"), "{m}");
         assert!(shared.health_json()["nodes"].as_array().is_some_and(|n| n.len() == 3));
+        // The gossiped H.264 profile of a room.
+        assert_eq!(shared.room_h264("r"), None);
+        shared.publish(ClusterView { h264: [("r".to_string(), 0x4d401f)].into(), ..Default::default() });
+        assert_eq!(shared.room_h264("r"), Some(0x4d401f));
     }
 }

@@ -73,10 +73,18 @@ pub struct CoreCluster {
     pub out: Vec<ClusterCtl>,
     /// Packets of exported rooms for core 0 (drained by the shell).
     pub cascade_out: Vec<(RoomKey, ForwardedPacket)>,
-    /// Last state reported per room: (name, local publisher, wants remote).
-    synced: HashMap<RoomKey, (String, bool, bool)>,
+    /// Last state reported per room.
+    synced: HashMap<RoomKey, Synced>,
     /// Counter for fresh cascade source ids.
     next_source: u64,
+}
+
+/// What core 0 was last told about a room ([`ClusterCtl::RoomState`]).
+struct Synced {
+    name: String,
+    local: bool,
+    wants: bool,
+    h264: Option<u32>,
 }
 
 impl CoreState {
@@ -237,21 +245,26 @@ impl CoreState {
         let cluster_core = self.cluster_core();
         let viewers = self.router.viewer_cores(room).iter().any(|&c| c != cluster_core);
         let wants = viewers && !local;
+        // Known for rooms whose packets pass here (a local publisher's, or pulled for local viewers).
+        let h264 = self.router.video_format(room).filter(|_| local || wants).and_then(|p| {
+            let spec = p.spec();
+            (spec.codec == str0m::format::Codec::H264).then_some(spec.format.profile_level_id).flatten()
+        });
         let prev = self.cluster.synced.get(&room);
-        if prev.map_or((false, false), |(_, l, w)| (*l, *w)) == (local, wants) {
+        if prev.map_or((false, false, None), |s| (s.local, s.wants, s.h264)) == (local, wants, h264) {
             return;
         }
         let name = match (self.router.name(room), prev) {
             (Some(n), _) => n.to_string(),
-            (None, Some((n, _, _))) => n.clone(),
+            (None, Some(s)) => s.name.clone(),
             (None, None) => return,
         };
         if local || wants {
-            self.cluster.synced.insert(room, (name.clone(), local, wants));
+            self.cluster.synced.insert(room, Synced { name: name.clone(), local, wants, h264 });
         } else {
             self.cluster.synced.remove(&room);
         }
-        self.cluster.out.push(ClusterCtl::RoomState { room, name, local_publisher: local, wants_remote: wants });
+        self.cluster.out.push(ClusterCtl::RoomState { room, name, local_publisher: local, wants_remote: wants, h264 });
     }
 
     /// A keyframe request for `room` reached its home core: true if an external publisher took care of it

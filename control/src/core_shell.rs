@@ -352,7 +352,12 @@ impl CoreShell {
         match offer.role {
             Role::Publisher => self.offer(home, offer, None).await,
             Role::Viewer => {
-                let video = self.room_video(home, RoomKey::of(&offer.room)).await;
+                let mut video = self.room_video(home, RoomKey::of(&offer.room)).await;
+                if video.is_none() {
+                    // A room this node doesn't carry yet: what the cluster says about its video.
+                    let gossiped = self.cluster.get().and_then(Weak::upgrade).and_then(|p| p.shared.room_h264(&offer.room));
+                    video = gossiped.map(sfumato_media::webrtc::h264_params);
+                }
                 self.offer(self.least_loaded_core(), offer, video).await
             }
         }

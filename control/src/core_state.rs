@@ -518,7 +518,7 @@ impl CoreState {
     fn fan_out(&mut self, room: RoomKey, packet: ForwardedPacket, now: Instant) {
         // RTMP packets are marked so viewer cores account their latency separately.
         let rtmp = !self.external.is_empty() && self.external.get(&room).is_some_and(External::is_rtmp);
-        let cores = self.router.route(room, &packet);
+        let (cores, format_changed) = self.router.route(room, &packet);
         let mut local = false;
         for &core in cores {
             if core == self.core {
@@ -532,6 +532,10 @@ impl CoreState {
         }
         if local {
             self.deliver_local(room, &packet, now, rtmp);
+        }
+        if format_changed {
+            // The cluster gossips the room's H.264 profile for viewers joining on other nodes.
+            self.cluster_sync(room);
         }
     }
 

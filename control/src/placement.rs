@@ -6,8 +6,9 @@
 //! - Nodes over the load threshold (sessions or CPU) get no new sessions.
 //! - Publisher: the node already hosting the room, if any (it answers 409 when the room is busy); else the
 //!   least-loaded node in the client's zone, else anywhere.
-//! - Viewer: a node in the client's zone hosting the room's publisher (no cascade hop); else the
-//!   least-loaded node in the zone; else the least-loaded node anywhere.
+//! - Viewer: a node in the client's zone hosting the room's publisher (no cascade hop); else one in the zone
+//!   that already pulls the room (its stream arrives there anyway: no new subscription, no new copy on the
+//!   links); else the least-loaded node in the zone; else the least-loaded node anywhere.
 //! - "Least loaded" keeps the session on the gateway itself when it is within [`PlacementPolicy::slack`]
 //!   sessions (and 10 % CPU) of the best: proxying costs a signalling round trip, and a small imbalance is
 //!   not worth it (it also keeps placement stable while loads are gossiped every 500 ms).
@@ -42,6 +43,8 @@ pub struct Candidate {
     pub load: Load,
     /// Hosts the room's publisher.
     pub hosts_room: bool,
+    /// Pulls the room from another node (for its viewers, or as its zone's relay).
+    pub pulls_room: bool,
     pub is_self: bool,
 }
 
@@ -67,9 +70,11 @@ impl PlacementPolicy {
         let eligible: Vec<&Candidate> = nodes.iter().filter(|c| self.eligible(c)).collect();
         let in_zone: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.zone == zone).collect();
         if role == PlaceRole::Viewer {
-            let carriers: Vec<&Candidate> = in_zone.iter().copied().filter(|c| c.hosts_room).collect();
-            if let Some(c) = self.least_loaded(&carriers) {
-                return Some(c);
+            for carries in [|c: &Candidate| c.hosts_room, |c: &Candidate| c.pulls_room] {
+                let carriers: Vec<&Candidate> = in_zone.iter().copied().filter(|c| carries(c)).collect();
+                if let Some(c) = self.least_loaded(&carriers) {
+                    return Some(c);
+                }
             }
         }
         self.least_loaded(&in_zone).or_else(|| self.least_loaded(&eligible))
@@ -103,6 +108,7 @@ mod tests {
             zone: zone.into(),
             load: Load { cpu_permille: cpu, sessions, bandwidth_bps: 0 },
             hosts_room: hosts,
+            pulls_room: false,
             is_self: me,
         }
     }
@@ -142,6 +148,28 @@ mod tests {
         let mut hot = nodes.clone();
         hot[1].load.cpu_permille = 500;
         assert_eq!(pick(&p, PlaceRole::Viewer, "z2", &hot).as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn viewer_prefers_a_node_already_pulling_the_room() {
+        let p = PlacementPolicy::default();
+        // Publisher on a (z1); in z2, c already pulls the room, b (the gateway) and d don't.
+        let mut nodes = vec![
+            node("a", "z1", 0, 0, true, false),
+            node("b", "z2", 0, 0, false, true),
+            node("c", "z2", 5, 0, false, false),
+            node("d", "z2", 0, 0, false, false),
+        ];
+        nodes[2].pulls_room = true;
+        assert_eq!(pick(&p, PlaceRole::Viewer, "z2", &nodes).as_deref(), Some("c"));
+        // The publisher's node in the zone still comes first.
+        assert_eq!(pick(&p, PlaceRole::Viewer, "z1", &nodes).as_deref(), Some("a"));
+        // A puller over the load threshold is skipped like any node.
+        let strict = PlacementPolicy { max_sessions: 5, ..Default::default() };
+        assert_eq!(pick(&strict, PlaceRole::Viewer, "z2", &nodes).as_deref(), Some("b"));
+        // Publishers ignore pullers (a room pulled from a gone publisher): least-loaded node of the zone.
+        nodes[0].hosts_room = false;
+        assert_eq!(pick(&p, PlaceRole::Publisher, "z2", &nodes).as_deref(), Some("b"));
     }
 
     #[test]

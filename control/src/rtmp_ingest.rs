@@ -16,11 +16,11 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use sfumato_media::packet::{Codec, ForwardedPacket, PayloadParams};
 use sfumato_media::room::RoomKey;
+use sfumato_media::webrtc::h264_params;
 use sfumato_media::rtmp::{
     BFramePolicy, RtmpConfig, RtmpOutput, RtmpSession, RtmpToRtp, RtpOut, AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE,
 };
 use str0m::format::CodecConfig;
-use str0m::media::Pt;
 
 use crate::auth::{unix_now, TokenKind};
 use crate::core_shell::CoreShell;
@@ -284,13 +284,6 @@ fn packet(o: RtpOut, codec: Codec, params: &PayloadParams, source: u64, clock_ra
         received_at: read_at,
         payload: o.payload,
     }
-}
-
-/// H.264, packetization-mode=1, the stream's profile-level-id (as str0m's defaults build them).
-fn h264_params(profile_level_id: u32) -> PayloadParams {
-    let mut c = CodecConfig::empty();
-    c.add_h264(Pt::from(102), None, true, profile_level_id);
-    c.params()[0]
 }
 
 /// Opus as str0m's defaults configure it (48 kHz, 2 channels, in-band FEC).

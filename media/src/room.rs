@@ -175,13 +175,14 @@ impl RoomRouter {
     }
 
     /// [`viewer_cores`](Self::viewer_cores) for one of the room's packets, noting the format of its video
-    /// on the way (a comparison per packet, not per viewer).
-    pub fn route(&mut self, key: RoomKey, packet: &ForwardedPacket) -> &[usize] {
-        let Some(room) = self.rooms.get_mut(&key) else { return &[] };
-        if packet.kind() == TrackKind::Video && room.video.is_none_or(|v| v != packet.params) {
+    /// on the way (a comparison per packet, not per viewer); `true` if that format changed.
+    pub fn route(&mut self, key: RoomKey, packet: &ForwardedPacket) -> (&[usize], bool) {
+        let Some(room) = self.rooms.get_mut(&key) else { return (&[], false) };
+        let changed = packet.kind() == TrackKind::Video && room.video.is_none_or(|v| v != packet.params);
+        if changed {
             room.video = Some(packet.params);
         }
-        &room.viewer_cores
+        (&room.viewer_cores, changed)
     }
 
     /// The format of the room's current video (None before its first video packet and after its
@@ -314,13 +315,14 @@ mod tests {
         let mut r = RoomRouter::new(0);
         let mut ch = Vec::new();
         // No room yet: nothing to note, nowhere to route.
-        assert!(r.route(k, &packet(Codec::Vp8, vp8)).is_empty());
+        assert_eq!(r.route(k, &packet(Codec::Vp8, vp8)), (&[][..], false));
         let p = SessionId::new(0, 1);
         r.publish(k, "fmt", p, &mut ch).unwrap();
         assert_eq!(r.video_format(k), None);
-        r.route(k, &packet(Codec::Opus, opus));
+        assert!(!r.route(k, &packet(Codec::Opus, opus)).1);
         assert_eq!(r.video_format(k), None, "audio does not set the video format");
-        r.route(k, &packet(Codec::Vp8, vp8));
+        assert!(r.route(k, &packet(Codec::Vp8, vp8)).1, "first video packet: changed");
+        assert!(!r.route(k, &packet(Codec::Vp8, vp8)).1, "same format: unchanged");
         assert_eq!(r.video_format(k), Some(vp8));
         // The publisher leaves, a viewer core keeps the room: the old format is forgotten.
         r.add_viewer_core(k, "fmt", 0, &mut ch);

@@ -317,6 +317,14 @@ fn first_accepted_section(answer: &str) -> Option<(String, String)> {
     })
 }
 
+/// H.264 with packetization-mode=1 and `profile_level_id`, as str0m's defaults build it: an RTMP stream's
+/// format, or a room's format as the cluster gossips it.
+pub fn h264_params(profile_level_id: u32) -> PayloadParams {
+    let mut c = CodecConfig::empty();
+    c.add_h264(Pt::from(102), None, true, profile_level_id);
+    c.params()[0]
+}
+
 pub fn codec_of(params: &PayloadParams) -> Option<Codec> {
     use str0m::format::Codec as C;
     match params.spec().codec {
@@ -960,9 +968,7 @@ mod tests {
     ];
 
     fn h264_room(profile_level_id: u32) -> PayloadParams {
-        let mut c = CodecConfig::empty();
-        c.add_h264(Pt::from(102), None, true, profile_level_id);
-        c.params()[0]
+        h264_params(profile_level_id)
     }
 
     fn accept_viewer(offer: &str, room_video: Option<&PayloadParams>) -> Result<String, SessionError> {

@@ -34,6 +34,7 @@ import pytest
 from aiortc import RTCSessionDescription
 
 from conftest import free_tcp_port, free_udp_range, server_binary, REPO_ROOT
+from h264 import answer_h264_profiles
 from webrtc_clients import (
     HTTP_TIMEOUT,
     SDP_CT,
@@ -205,13 +206,14 @@ class Peer:
             t.cancel()
 
 
-async def post_offer(node: Node, kind: str, room: str, *, zone: Optional[str] = None, expect: int = 201) -> Peer:
+async def post_offer(node: Node, kind: str, room: str, *, zone: Optional[str] = None, expect: int = 201,
+                     video_codec: str = "VP8") -> Peer:
     """A WHIP (publish synthetic video + audio) or WHEP (receive, decode) aiortc peer through `node`."""
     pc = new_pc()
     stats, tasks = None, []
     if kind == "whip":
         vt = pc.addTransceiver(SyntheticVideoTrack(W, H, 30), direction="sendonly")
-        vt.setCodecPreferences(codec_preferences("video", "VP8"))
+        vt.setCodecPreferences(codec_preferences("video", video_codec))
         at = pc.addTransceiver(SineAudioTrack(), direction="sendonly")
         at.setCodecPreferences(codec_preferences("audio", "opus", rtx=False))
     else:
@@ -493,6 +495,43 @@ def test_gateway_places_and_proxies(cluster):
         for p in (v, v2, v3, p2, pub):
             await p.close()
         assert c.cluster()["signals_proxied"] >= 2 and b.cluster()["signals_served"] >= 4
+
+    asyncio.run(run())
+
+
+def test_h264_profile_travels_with_gossip_and_viewers_go_where_the_room_is(cluster):
+    """An H.264 publisher on a (z1). The first viewer on d (z2) is answered with the publisher's one profile
+    before d has seen a packet of the room: the profile came with a's gossip. Then a viewer through c (z2,
+    no zone header) is placed on d, which already pulls the room, instead of staying on c."""
+    a, c, d = cluster["a"], cluster["c"], cluster["d"]
+    # A room whose z2 relay is d, so that d is the only z2 node pulling it.
+    room = next(f"h264-{i}" for i in range(1000) if zone_relay(f"h264-{i}", "bcd") == "d")
+
+    async def run():
+        pub = await post_offer(a, "whip", room, video_codec="H264")
+        await wait_connected(pub)
+        offered = set(answer_h264_profiles(pub.pc.localDescription.sdp))
+        wait_until(lambda: room in d.cluster()["h264_profiles"], 5, "d to learn the room's H.264 profile")
+        profile = d.cluster()["h264_profiles"][room]
+        assert profile in offered, (profile, offered)
+        v1 = await post_offer(d, "whep", room)
+        assert not re.search(r"/conn/[a-z]+/", v1.location), v1.location
+        viewer_offered = answer_h264_profiles(v1.pc.localDescription.sdp)
+        assert len(set(viewer_offered)) > 1, viewer_offered  # an echo would name several
+        assert answer_h264_profiles(v1.response.text) == [profile], v1.response.text
+        await wait_connected(v1)
+        await wait_frames(v1, 15, timeout=15)
+        wait_until(lambda: any(room in n["pulls"] for n in c.cluster()["nodes"] if n["id"] == "d"), 5,
+                   "c to learn that d pulls the room")
+        v2 = await post_offer(c, "whep", room)
+        assert v2.response.headers.get("x-sfumato-node") == "d", (v2.response.headers, c.cluster()["nodes"])
+        assert answer_h264_profiles(v2.response.text) == [profile], v2.response.text
+        await wait_connected(v2)
+        await wait_frames(v2, 15, timeout=15)
+        assert d.health()["viewers"] == 2 and c.health()["sessions"] == 0
+        for p in (v1, v2, pub):
+            assert await delete(p.location, p.token) == 200
+            await p.close()
 
     asyncio.run(run())
 
