@@ -149,8 +149,8 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 4 << 20, env = "SFUMATO_RTMP_GOP_CACHE")]
     pub rtmp_gop_cache: usize,
     /// Estimate each viewer's bandwidth with transport-wide congestion control (str0m's BWE) and send the
-    /// room's lowest estimate to the publisher as REMB. Without it only viewers that send REMB themselves
-    /// are heard. Costs server CPU and latency (str0m then paces every viewer's packets). Default off
+    /// room's lowest estimate to the publisher as REMB. Without it viewers are not offered transport-cc and
+    /// only their REMB is heard (browsers send it then). Costs server CPU and latency (str0m then paces every viewer's packets). Default off
     /// (SFUMATO_VIEWER_BWE: true/false, 1/0, yes/no, on/off).
     #[arg(long, env = "SFUMATO_VIEWER_BWE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub viewer_bwe: bool,

@@ -13,7 +13,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpWrite, SeqNo};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 
@@ -171,13 +171,37 @@ pub struct WebRtcSession {
 
 /// Builds the Rtc configuration shared by both roles. `h264`: the one H.264 format to offer instead of
 /// str0m's default list (a viewer of a room whose video is H.264: see [`WebRtcSession::accept`]).
-fn new_rtc(now: Instant, cert: Option<DtlsCert>, bwe: bool, h264: Option<H264Format>) -> Rtc {
+///
+/// A viewer without bandwidth estimation (`bwe` off, the default) is not offered transport-wide congestion
+/// control: nothing here would read its feedback, which is a stream of RTCP packets to decrypt and parse
+/// per viewer, and str0m would stamp and log every packet sent to it for nothing. Without transport-cc a
+/// browser runs its receive-side estimator and sends REMB instead, which is the estimate the bitrate
+/// feedback (`SessionEvent::BitrateEstimate`) forwards to the publisher.
+fn new_rtc(now: Instant, cert: Option<DtlsCert>, role: Role, bwe: bool, h264: Option<H264Format>) -> Rtc {
     let mut cfg = Rtc::builder().set_rtp_mode(true).set_ice_lite(true).set_stats_interval(Some(STATS_INTERVAL));
+    if role == Role::Viewer && !bwe {
+        let standard = ExtensionMap::standard();
+        let mut exts = ExtensionMap::empty();
+        for (id, ext) in standard.iter() {
+            if *ext != Extension::TransportSequenceNumber {
+                exts.set(id, ext.clone());
+            }
+        }
+        cfg = cfg.set_extension_map(exts);
+        for p in cfg.codec_config().iter_mut() {
+            p.set_fb_transport_cc(false);
+        }
+    }
     if let Some(f) = h264 {
         let codecs = cfg.codec_config();
         codecs.enable_h264(false);
         // str0m's default H.264 payload types (just removed), so nothing else collides with them.
         codecs.add_h264(Pt::from(127), Some(Pt::from(121)), f.packetization_mode == 1, f.profile_level_id);
+        if role == Role::Viewer && !bwe {
+            for p in codecs.iter_mut() {
+                p.set_fb_transport_cc(false);
+            }
+        }
     }
     if bwe {
         cfg = cfg.enable_bwe(Some(BWE_INITIAL));
@@ -359,7 +383,7 @@ impl WebRtcSession {
         // transport-wide feedback (REMB from any viewer is an estimate too). It also turns on str0m's pacer.
         let bwe = viewer_bwe && role == Role::Viewer && offer_sdp.contains("transport-cc");
         let h264 = room_video.filter(|_| role == Role::Viewer).and_then(H264Format::of);
-        let mut rtc = new_rtc(now, cert, bwe, h264);
+        let mut rtc = new_rtc(now, cert, role, bwe, h264);
         let mut added = 0;
         for addr in candidates {
             match Candidate::host(*addr, "udp") {
@@ -1014,6 +1038,22 @@ mod tests {
         let err = accept_viewer(&viewer_offer(&baseline_only[1..], false), Some(&h264_room(0x640028))).unwrap_err();
         assert!(matches!(err, SessionError::IncompatibleH264 { stream: 0x640028 }), "{err}");
         assert!(err.to_string().contains("640028"), "{err}");
+    }
+
+    #[test]
+    fn transport_cc_only_for_viewers_with_bandwidth_estimation() {
+        let offer = viewer_offer(&[(96, "VP8/90000", "")], true).replace(
+            "a=rtpmap:96 VP8/90000\r\n",
+            "a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 transport-cc\r\na=rtcp-fb:96 goog-remb\r\n\
+             a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
+        );
+        let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+        let accept = |bwe| WebRtcSession::accept(Role::Viewer, &offer, &[addr], None, bwe, None, Instant::now()).unwrap().1;
+        let plain = accept(false);
+        assert!(!plain.contains("transport-cc") && !plain.contains("transport-wide-cc"), "{plain}");
+        assert!(plain.contains("goog-remb"), "REMB stays: {plain}");
+        let bwe = accept(true);
+        assert!(bwe.contains("a=rtcp-fb:96 transport-cc") && bwe.contains("transport-wide-cc"), "{bwe}");
     }
 
     #[test]

@@ -60,3 +60,42 @@ def test_viewer_estimate_reaches_publisher_as_remb(server, monkeypatch):
         await wait_sessions(base, 0, timeout=10)
 
     asyncio.run(run())
+
+
+def test_chromium_viewer_estimate_reaches_publisher(server):
+    """Without --viewer-bwe the server does not offer viewers transport-wide congestion control (nothing would
+    read it), so Chromium runs its receive-side estimator and sends REMB: a browser viewer's estimate reaches
+    the aiortc publisher as the server's REMB (bitrate_hints_sent grows)."""
+    from test_browser import chromium, new_page, open_demo_from_server, wait_frames, wait_state
+
+    async def run() -> None:
+        base = server.base_url
+        room = "bitrate-chromium"
+        pub = await publish(base, room, video_codec="VP8")
+        try:
+            await pub.wait_connected(10)
+            async with chromium() as browser:
+                page = await new_page(browser, "viewer")
+                await open_demo_from_server(page, base, f"?room={room}")
+                await page.click("#watch")
+                await wait_state(page, "whep")
+                await wait_frames(page, 5)
+                answer = await page.evaluate("window.sfumato.sessions.whep.pc.remoteDescription.sdp")
+                assert "transport-cc" not in answer and "transport-wide-cc" not in answer, answer
+                assert "goog-remb" in answer, answer
+                deadline = time.monotonic() + 15
+                hints = 0
+                while time.monotonic() < deadline:
+                    hints = (await healthz(base))["stats"]["bitrate_hints_sent"]
+                    if hints > 0:
+                        break
+                    await asyncio.sleep(0.25)
+                print(f"bitrate_hints_sent={hints}")
+                assert hints > 0, "no REMB from Chromium reached the publisher"
+                await page.click("#stop")
+            assert await delete(base, pub.location) == 200
+        finally:
+            await pub.close()
+        await wait_sessions(base, 0, timeout=10)
+
+    asyncio.run(run())
