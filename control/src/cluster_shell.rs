@@ -365,8 +365,8 @@ impl ClusterNode {
             let mut i = self.inner.borrow_mut();
             match msg {
                 ClusterCtl::RoomState { room, name, local_publisher, wants_remote, h264 } => {
-                    let Inner { cascade, mem, .. } = &mut *i;
-                    cascade.room_state(room, &name, local_publisher, wants_remote, h264, &Members(mem));
+                    let Inner { cascade, mem, node_peer, .. } = &mut *i;
+                    cascade.room_state(room, &name, local_publisher, wants_remote, h264, &Members { mem, linked: node_peer });
                     i.view_dirty = true;
                 }
                 ClusterCtl::KeyframeUp { room } => i.cascade.keyframe_wanted(room, now),
@@ -619,21 +619,21 @@ impl Inner {
             MembershipEvent::NodeJoined { id, incarnation, replaced } => {
                 tracing::info!(node = %id, incarnation, replaced = ?replaced, "cluster node joined");
                 if replaced.is_some() {
-                    self.cascade.node_gone(id, &Members(&self.mem));
+                    self.cascade.node_gone(id, &Members { mem: &self.mem, linked: &self.node_peer });
                 }
             }
             MembershipEvent::NodeDead { id, incarnation } => {
                 tracing::warn!(node = %id, incarnation, "cluster node dead");
-                self.cascade.node_gone(id, &Members(&self.mem));
+                self.cascade.node_gone(id, &Members { mem: &self.mem, linked: &self.node_peer });
             }
             MembershipEvent::NodeLeft { id, incarnation } => {
                 tracing::info!(node = %id, incarnation, "cluster node left");
-                self.cascade.node_gone(id, &Members(&self.mem));
+                self.cascade.node_gone(id, &Members { mem: &self.mem, linked: &self.node_peer });
             }
             MembershipEvent::NodeSuspect { id } => tracing::info!(node = %id, "cluster node suspect"),
             MembershipEvent::NodeUpdated { .. } => {}
         }
-        self.cascade.reconcile(&Members(&self.mem));
+        self.cascade.reconcile(&Members { mem: &self.mem, linked: &self.node_peer });
         self.view_dirty = true;
     }
 
@@ -645,6 +645,8 @@ impl Inner {
                 self.node_peer.insert(node_id.clone(), peer);
                 self.mem.handle_link_up(now, &node_id);
                 self.cascade.link_up(&node_id);
+                // A zone peer reachable again may be the relay of some rooms again.
+                self.cascade.reconcile(&Members { mem: &self.mem, linked: &self.node_peer });
                 self.view_dirty = true;
             }
             LinkEvent::Down { peer, node_id, reason } => {
@@ -652,7 +654,9 @@ impl Inner {
                 self.peers.remove(&peer);
                 if self.node_peer.get(&node_id) == Some(&peer) {
                     self.node_peer.remove(&node_id);
-                    self.cascade.node_gone(&node_id, &Members(&self.mem));
+                    self.cascade.node_gone(&node_id, &Members { mem: &self.mem, linked: &self.node_peer });
+                    // Rooms relayed to us by that node move to the next-ranked reachable node now.
+                    self.cascade.reconcile(&Members { mem: &self.mem, linked: &self.node_peer });
                     let failed: Vec<u64> = self.signals.iter().filter(|(_, s)| s.to == node_id).map(|(id, _)| *id).collect();
                     for id in failed {
                         if let Some(s) = self.signals.remove(&id) {
@@ -679,7 +683,7 @@ impl Inner {
                     }
                     other => {
                         // Subscribe/Unsubscribe change exports: show them in /healthz now, not at the next tick.
-                        self.cascade.on_message(&from, &other, now, &Members(&self.mem));
+                        self.cascade.on_message(&from, &other, now, &Members { mem: &self.mem, linked: &self.node_peer });
                         self.view_dirty = true;
                     }
                 }
@@ -838,14 +842,24 @@ fn pulls(rooms: &sfumato_cluster::CarriedRooms) -> Vec<String> {
 /// Membership as cascading sees it: a room comes from the live node hosting its publisher — directly in
 /// that node's zone, elsewhere through this zone's relay for the room ([`relay::upstream`]: rendezvous
 /// hashing over this zone's live nodes, alive or suspect like [`Membership::node_hosting`], so a node that
-/// misses a heartbeat or two does not move relays around).
-struct Members<'a>(&'a Membership);
+/// misses a heartbeat or two does not move relays around) that this node has a link to: a relay whose
+/// link went down (QUIC idle timeout, ~2.5 s) can't deliver, so the room moves to the next-ranked node
+/// then, without waiting for membership's dead verdict (~4 s).
+struct Members<'a> {
+    mem: &'a Membership,
+    /// Nodes with an authenticated link up.
+    linked: &'a HashMap<NodeId, PeerId>,
+}
 
 impl Directory for Members<'_> {
     fn upstream(&self, room: &str) -> Option<NodeId> {
-        let me = self.0.local();
-        let host = self.0.node_hosting(room)?;
-        let peers = self.0.members().filter(|m| m.is_live() && m.info.zone == me.zone).map(|m| &m.info.id);
+        let me = self.mem.local();
+        let host = self.mem.node_hosting(room)?;
+        let peers = self
+            .mem
+            .members()
+            .filter(|m| m.is_live() && m.info.zone == me.zone && self.linked.contains_key(&m.info.id))
+            .map(|m| &m.info.id);
         relay::upstream(&me.id, &me.zone, room, &host.id, &host.zone, peers)
     }
 }

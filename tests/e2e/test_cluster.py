@@ -368,7 +368,8 @@ def test_cascade_one_copy_per_zone_pair(cluster):
                      f'sfumato_cascade_export_packets_total{{room="{room}",node="{relay}"}}'):
             assert line in metrics, line
 
-        # kill -9 the relay: once z2 declares it dead, d relays (it scores next) and b pulls from d.
+        # kill -9 the relay: once their links to it time out (QUIC idle, 2.5 s; before membership's dead
+        # verdict, ~4 s), d relays (it scores next) and b pulls from d. 30 more frames take 1 s of that.
         survivors = viewers_b + [viewer_d]
         before = [v.stats.video_frames for v in survivors]
         t0 = time.monotonic()
@@ -377,7 +378,7 @@ def test_cascade_one_copy_per_zone_pair(cluster):
             await wait_frames(v, n + 30, timeout=12)
         took = time.monotonic() - t0
         print(f"video back through the new relay {took:.1f}s after kill -9 of the relay")
-        assert took < 10
+        assert took < 7
         assert zone_relay(room, "bd") == "d"
         assert pulls_from(d, room) == "a" and pulls_from(b, room) == "d"
         assert export_packets(a, room).keys() == {"d"} and export_packets(d, room).keys() == {"b"}

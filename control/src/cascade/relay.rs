@@ -8,8 +8,10 @@
 //!
 //! Why rendezvous hashing over every live node of the zone rather than "nodes carrying the room" or
 //! "the least-loaded node":
-//! - it needs nothing that is not gossiped already (zones and liveness; which rooms a node *views* is not
-//!   gossiped, only the rooms it publishes);
+//! - it needs only zones and liveness (the rooms a node pulls are gossiped too, but they follow its
+//!   viewers, and a relay chosen from them would move with them);
+//! - each node leaves out the zone peers it has no link to: a relay it can't reach can't deliver either,
+//!   and processes that die take all their links down at once, so the zone re-ranks consistently;
 //! - it does not move when viewers come and go, nor with load figures that change every gossip round and
 //!   are seen half a second apart by different nodes — a moving relay means re-subscriptions and a
 //!   keyframe for everybody in the zone;
