@@ -95,6 +95,8 @@ pub struct CoreState {
     /// Viewers written to since they were last polled. Polling once per batch instead of once per packet
     /// lets str0m release a whole frame's packets in one timeout round (see `poll_written`).
     written: Vec<SessionId>,
+    /// How many of `written` were polled already (the shell polls in chunks).
+    written_next: usize,
     pub stats: CoreStats,
     events: EventBus,
     last_stats_report: Instant,
@@ -132,6 +134,7 @@ impl CoreState {
             nonce_state: seed ^ random_seed(),
             scratch: Vec::new(),
             written: Vec::new(),
+            written_next: 0,
             stats: CoreStats::default(),
             events,
             last_stats_report: Instant::now(),
@@ -571,15 +574,19 @@ impl CoreState {
         }
     }
 
-    /// Polls every viewer written to since the last call, queueing its SRTP datagrams in `outbox`. The
-    /// shell calls this once per batch of input (datagrams, ring messages) before it flushes.
-    pub fn poll_written(&mut self, now: Instant) {
+    /// Polls up to `max` of the viewers written to since they were last polled, queueing their SRTP
+    /// datagrams in `outbox`; `true` if more are waiting. The shell calls it once per batch of input
+    /// (datagrams, ring messages) and sends each chunk before polling the next, so the first viewers'
+    /// datagrams leave while the last ones' are still being built.
+    pub fn poll_written(&mut self, now: Instant, max: usize) -> bool {
         if self.written.is_empty() {
-            return;
+            return false;
         }
         let mut events = self.scratch.pop().unwrap_or_default();
-        let mut written = std::mem::take(&mut self.written);
-        for id in written.drain(..) {
+        let end = self.written_next.saturating_add(max).min(self.written.len());
+        while self.written_next < end {
+            let id = self.written[self.written_next];
+            self.written_next += 1;
             let Some(entry) = self.sessions.get_mut(&id) else { continue };
             let origin = entry.written_since.take();
             let rtmp = std::mem::take(&mut entry.written_rtmp);
@@ -604,10 +611,14 @@ impl CoreState {
                 self.send_control(home, ControlMsg::KeyframeRequest { room }, now);
             }
         }
-        // Keep the allocation; anything queued meanwhile (a same-core keyframe request can't write) is kept.
-        written.append(&mut self.written);
-        self.written = written;
         self.scratch.push(events);
+        if self.written_next < self.written.len() {
+            return true;
+        }
+        // Keep the allocation for the next batch.
+        self.written.clear();
+        self.written_next = 0;
+        false
     }
 
     // ---- bitrate feedback (`bitrate.rs`) -------------------------------------------------------------------
