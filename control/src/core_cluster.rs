@@ -246,10 +246,8 @@ impl CoreState {
         let viewers = self.router.viewer_cores(room).iter().any(|&c| c != cluster_core);
         let wants = viewers && !local;
         // Known for rooms whose packets pass here (a local publisher's, or pulled for local viewers).
-        let h264 = self.router.video_format(room).filter(|_| local || wants).and_then(|p| {
-            let spec = p.spec();
-            (spec.codec == str0m::format::Codec::H264).then_some(spec.format.profile_level_id).flatten()
-        });
+        let h264 = self.router.video_format(room).filter(|_| local || wants);
+        let h264 = h264.as_ref().and_then(sfumato_media::webrtc::h264_profile_level_id);
         let prev = self.cluster.synced.get(&room);
         if prev.map_or((false, false, None), |s| (s.local, s.wants, s.h264)) == (local, wants, h264) {
             return;

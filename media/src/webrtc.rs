@@ -179,10 +179,15 @@ pub struct WebRtcSession {
 /// feedback (`SessionEvent::BitrateEstimate`) forwards to the publisher.
 fn new_rtc(now: Instant, cert: Option<DtlsCert>, role: Role, bwe: bool, h264: Option<H264Format>) -> Rtc {
     let mut cfg = Rtc::builder().set_rtp_mode(true).set_ice_lite(true).set_stats_interval(Some(STATS_INTERVAL));
+    if let Some(f) = h264 {
+        let codecs = cfg.codec_config();
+        codecs.enable_h264(false);
+        // str0m's default H.264 payload types (just removed), so nothing else collides with them.
+        codecs.add_h264(Pt::from(127), Some(Pt::from(121)), f.packetization_mode == 1, f.profile_level_id);
+    }
     if role == Role::Viewer && !bwe {
-        let standard = ExtensionMap::standard();
         let mut exts = ExtensionMap::empty();
-        for (id, ext) in standard.iter() {
+        for (id, ext) in ExtensionMap::standard().iter() {
             if *ext != Extension::TransportSequenceNumber {
                 exts.set(id, ext.clone());
             }
@@ -190,17 +195,6 @@ fn new_rtc(now: Instant, cert: Option<DtlsCert>, role: Role, bwe: bool, h264: Op
         cfg = cfg.set_extension_map(exts);
         for p in cfg.codec_config().iter_mut() {
             p.set_fb_transport_cc(false);
-        }
-    }
-    if let Some(f) = h264 {
-        let codecs = cfg.codec_config();
-        codecs.enable_h264(false);
-        // str0m's default H.264 payload types (just removed), so nothing else collides with them.
-        codecs.add_h264(Pt::from(127), Some(Pt::from(121)), f.packetization_mode == 1, f.profile_level_id);
-        if role == Role::Viewer && !bwe {
-            for p in codecs.iter_mut() {
-                p.set_fb_transport_cc(false);
-            }
         }
     }
     if bwe {
@@ -217,6 +211,11 @@ fn new_rtc(now: Instant, cert: Option<DtlsCert>, role: Role, bwe: bool, h264: Op
 struct H264Format {
     profile_level_id: u32,
     packetization_mode: u8,
+}
+
+/// The `profile-level-id` of an H.264 format (None for other codecs, or H.264 without one).
+pub fn h264_profile_level_id(params: &PayloadParams) -> Option<u32> {
+    H264Format::of(params).map(|f| f.profile_level_id)
 }
 
 impl H264Format {
@@ -991,37 +990,29 @@ mod tests {
         (116, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f"),
     ];
 
-    fn h264_room(profile_level_id: u32) -> PayloadParams {
-        h264_params(profile_level_id)
-    }
-
     fn accept_viewer(offer: &str, room_video: Option<&PayloadParams>) -> Result<String, SessionError> {
         let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
         WebRtcSession::accept(Role::Viewer, offer, &[addr], None, false, room_video, Instant::now()).map(|(_, a)| a)
-    }
-
-    fn answer_h264_profiles(answer: &str) -> Vec<String> {
-        offered_h264_profiles(answer)
     }
 
     #[test]
     fn viewer_answer_names_the_room_stream_profile() {
         let offer = viewer_offer(BROWSER_H264, true);
         // No publisher yet: str0m's usual negotiation (the viewer's profiles echoed).
-        let echoed = answer_h264_profiles(&accept_viewer(&offer, None).unwrap());
+        let echoed = offered_h264_profiles(&accept_viewer(&offer, None).unwrap());
         assert!(echoed.len() > 1 && echoed.contains(&"42e01f".to_string()), "{echoed:?}");
         // An RTMP stream: Main profile level 3.1 (constraint_set1): exactly that, on the viewer's Main PT.
-        let answer = accept_viewer(&offer, Some(&h264_room(0x4d401f))).unwrap();
-        assert_eq!(answer_h264_profiles(&answer), vec!["4d401f"], "{answer}");
+        let answer = accept_viewer(&offer, Some(&h264_params(0x4d401f))).unwrap();
+        assert_eq!(offered_h264_profiles(&answer), vec!["4d401f"], "{answer}");
         assert!(answer.contains("a=rtpmap:112 H264/90000"), "{answer}");
         assert!(answer.contains("a=rtpmap:96 VP8/90000"), "other codecs stay negotiable: {answer}");
         // Constrained Baseline from libx264 (42c01e) matches the browser's 42e01f.
-        let answer = accept_viewer(&offer, Some(&h264_room(0x42c01e))).unwrap();
-        assert_eq!(answer_h264_profiles(&answer), vec!["42c01e"], "{answer}");
+        let answer = accept_viewer(&offer, Some(&h264_params(0x42c01e))).unwrap();
+        assert_eq!(offered_h264_profiles(&answer), vec!["42c01e"], "{answer}");
         // A VP8 room leaves H.264 as str0m negotiates it.
         let mut vp8 = CodecConfig::empty();
         vp8.enable_vp8(true);
-        assert!(answer_h264_profiles(&accept_viewer(&offer, Some(&vp8.params()[0])).unwrap()).len() > 1);
+        assert!(offered_h264_profiles(&accept_viewer(&offer, Some(&vp8.params()[0])).unwrap()).len() > 1);
     }
 
     #[test]
@@ -1031,11 +1022,11 @@ mod tests {
             (102, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
         ];
         // High profile stream, viewer offers VP8 + Constrained Baseline: the answer keeps VP8 only.
-        let answer = accept_viewer(&viewer_offer(baseline_only, true), Some(&h264_room(0x640028))).unwrap();
-        assert!(answer_h264_profiles(&answer).is_empty(), "{answer}");
+        let answer = accept_viewer(&viewer_offer(baseline_only, true), Some(&h264_params(0x640028))).unwrap();
+        assert!(offered_h264_profiles(&answer).is_empty(), "{answer}");
         assert!(answer.contains("VP8/90000"), "{answer}");
         // Only H.264 video, nothing else usable: refused with the reason.
-        let err = accept_viewer(&viewer_offer(&baseline_only[1..], false), Some(&h264_room(0x640028))).unwrap_err();
+        let err = accept_viewer(&viewer_offer(&baseline_only[1..], false), Some(&h264_params(0x640028))).unwrap_err();
         assert!(matches!(err, SessionError::IncompatibleH264 { stream: 0x640028 }), "{err}");
         assert!(err.to_string().contains("640028"), "{err}");
     }
@@ -1062,7 +1053,7 @@ mod tests {
         // accepted; the candidate must be in the (bundled) audio section or the viewer never connects.
         let only_main: &[(u8, &str, &str)] =
             &[(102, "H264/90000", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f")];
-        let answer = accept_viewer(&viewer_offer(only_main, true), Some(&h264_room(0x42e01f))).unwrap();
+        let answer = accept_viewer(&viewer_offer(only_main, true), Some(&h264_params(0x42e01f))).unwrap();
         let (video, audio) = answer.split_once("m=audio").unwrap();
         assert!(video.contains("m=video 0 ") && !video.contains("a=candidate:"), "{answer}");
         assert!(audio.contains("a=candidate:") && !audio.contains("a=group:BUNDLE"), "{answer}");

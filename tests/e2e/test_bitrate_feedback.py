@@ -66,7 +66,7 @@ def test_chromium_viewer_estimate_reaches_publisher(server):
     """Without --viewer-bwe the server does not offer viewers transport-wide congestion control (nothing would
     read it), so Chromium runs its receive-side estimator and sends REMB: a browser viewer's estimate reaches
     the aiortc publisher as the server's REMB (bitrate_hints_sent grows)."""
-    from test_browser import chromium, new_page, open_demo_from_server, wait_frames, wait_state
+    from test_browser import chromium, watch_from_demo
 
     async def run() -> None:
         base = server.base_url
@@ -75,11 +75,7 @@ def test_chromium_viewer_estimate_reaches_publisher(server):
         try:
             await pub.wait_connected(10)
             async with chromium() as browser:
-                page = await new_page(browser, "viewer")
-                await open_demo_from_server(page, base, f"?room={room}")
-                await page.click("#watch")
-                await wait_state(page, "whep")
-                await wait_frames(page, 5)
+                page = await watch_from_demo(browser, base, room, frames=5)
                 answer = await page.evaluate("window.sfumato.sessions.whep.pc.remoteDescription.sdp")
                 assert "transport-cc" not in answer and "transport-wide-cc" not in answer, answer
                 assert "goog-remb" in answer, answer

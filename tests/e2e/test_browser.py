@@ -108,6 +108,16 @@ async def open_demo_from_server(page, base_url: str, query: str = ""):
     assert await page.title() == "sfumato · WHIP/WHEP demo"
 
 
+async def watch_from_demo(browser, base_url: str, room: str, frames: int = 1):
+    """A new page with the demo page from sfumato, watching `room` until `frames` frames are decoded."""
+    page = await new_page(browser, "viewer")
+    await open_demo_from_server(page, base_url, f"?room={room}")
+    await page.click("#watch")
+    await wait_state(page, "whep")
+    await wait_frames(page, frames)
+    return page
+
+
 async def wait_state(page, kind: str, state: str = "connected", timeout_ms: int = STATE_TIMEOUT_MS) -> None:
     """Waits until the page shows `state` for its whip/whep session; on timeout, reports the page's error."""
     try:
@@ -317,11 +327,7 @@ def test_aiortc_publisher_chromium_watcher(dev_server, codec):
         try:
             await pub.wait_connected(10)
             async with chromium() as browser:
-                page = await new_page(browser, "viewer")
-                await open_demo_from_server(page, base, f"?room={room}")
-                await page.click("#watch")
-                await wait_state(page, "whep")
-                await wait_frames(page, 1)
+                page = await watch_from_demo(browser, base, room)
                 st = await assert_frames_grow(page, min_fps=20.0)  # aiortc sends 30 fps
                 assert (st["width"], st["height"]) == (640, 360), st
                 assert st["codec"] and st["codec"].lower() == f"video/{codec.lower()}", st
