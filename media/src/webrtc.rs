@@ -13,7 +13,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpWrite, SeqNo};
+use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpWrite, SeqNo, Ssrc};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 
@@ -131,6 +131,9 @@ struct ViewerTrack {
     rewriter: SeqRewriter,
     /// Last publisher payload type and the viewer PT it maps to (None = not negotiated).
     pt_map: Option<(u8, u64, Option<PayloadParams>)>,
+    /// The SSRC of the track's send stream once found: str0m looks streams up by SSRC in a hash map, but by
+    /// mid with a scan of all of them, which showed in the per-packet profile.
+    ssrc: Option<Ssrc>,
 }
 
 /// One WebRTC peer.
@@ -480,6 +483,7 @@ impl WebRtcSession {
                         kind,
                         rewriter: SeqRewriter::new(kind == TrackKind::Video),
                         pt_map: None,
+                        ssrc: None,
                     })
                     .collect()
             }
@@ -851,9 +855,15 @@ impl WebRtcSession {
             .rewriter
             .rewrite(pkt.source, pkt.seq, pkt.timestamp, pkt.clock_rate, pkt.keyframe_start, now)
             .map_err(WriteSkip::Rewrite)?;
-        let mid = track.mid;
         let mut api = self.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else { return Err(WriteSkip::NoTrackOfKind) };
+        let tx = match track.ssrc.and_then(|ssrc| api.stream_tx(&ssrc)) {
+            Some(tx) => tx,
+            None => {
+                let Some(tx) = api.stream_tx_by_mid(track.mid, None) else { return Err(WriteSkip::NoTrackOfKind) };
+                track.ssrc = Some(tx.ssrc());
+                tx
+            }
+        };
         let write = RtpWrite::new(out_params.pt(), SeqNo::from(rw.seq), rw.timestamp, pkt.received_at, pkt.payload.clone())
             .marker(pkt.marker)
             .ext_vals(ExtensionValues::default())
