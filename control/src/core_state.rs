@@ -92,6 +92,8 @@ pub struct CoreState {
     next_session: u64,
     nonce_state: u64,
     scratch: Vec<Vec<SessionEvent>>,
+    /// Reused by [`CoreState::run_due_timeouts`].
+    due_scratch: Vec<SessionId>,
     /// Viewers written to since they were last polled. Polling once per batch instead of once per packet
     /// lets str0m release a whole frame's packets in one timeout round (see `poll_written`).
     written: Vec<SessionId>,
@@ -133,6 +135,7 @@ impl CoreState {
             next_session: 0,
             nonce_state: seed ^ random_seed(),
             scratch: Vec::new(),
+            due_scratch: Vec::new(),
             written: Vec::new(),
             written_next: 0,
             stats: CoreStats::default(),
@@ -346,14 +349,7 @@ impl CoreState {
 
     /// Drives every session whose timeout is due and reaps dead ones. Returns the next deadline.
     pub fn on_tick(&mut self, now: Instant) -> Option<Instant> {
-        let due: Vec<SessionId> =
-            self.sessions.iter().filter(|(_, e)| e.session.next_timeout() <= now).map(|(id, _)| *id).collect();
-        for id in due {
-            if let Some(e) = self.sessions.get_mut(&id) {
-                e.session.handle_timeout(now);
-            }
-            self.drain_session(id, now);
-        }
+        self.run_due_timeouts(now);
         let dead: Vec<SessionId> =
             self.sessions.iter().filter(|(_, e)| !e.session.is_alive(now)).map(|(id, _)| *id).collect();
         for id in dead {
@@ -367,6 +363,25 @@ impl CoreState {
         self.report_stats(now);
         self.bitrate_sweep(now);
         self.sessions.values().map(|e| e.session.next_timeout()).min()
+    }
+
+    /// Drives the sessions whose str0m timeout is due. Called on every timer tick and after every burst of
+    /// datagrams: while media flows, timeouts ride on the wake-ups the packets cause anyway, so the timer task
+    /// can sleep longer (each wake-up of an idle core costs a park/unpark of the reactor). Returns whether
+    /// any session was due.
+    pub fn run_due_timeouts(&mut self, now: Instant) -> bool {
+        let mut due = std::mem::take(&mut self.due_scratch);
+        due.extend(self.sessions.iter().filter(|(_, e)| e.session.next_timeout() <= now).map(|(id, _)| *id));
+        for &id in &due {
+            if let Some(e) = self.sessions.get_mut(&id) {
+                e.session.handle_timeout(now);
+            }
+            self.drain_session(id, now);
+        }
+        let any = !due.is_empty();
+        due.clear();
+        self.due_scratch = due;
+        any
     }
 
     // ---- messages from other cores ----------------------------------------------------------------------
