@@ -10,7 +10,7 @@
 #   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
 #
 # Scenarios (about 5 minutes in all): floor 50 (sendmmsg), floor 50 (GSO), floor 200, fanout 50,
-# fanout 200, rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
+# fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
 # viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), and — if `janus` is installed
 # (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
 # plugin, pinned like the server, with sfumato/Janus tables. Then PNG charts (latency CDF, CPU per
@@ -173,15 +173,17 @@ print(port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_STREAM
 }
 pick_ports
 
-# start_server NAME [rtmp]: a fresh server on fresh ports (RTMP ingest on $RTMP_PORT only with "rtmp");
+# start_server NAME [rtmp|allcores]: a fresh server on fresh ports (RTMP ingest on $RTMP_PORT only with
+# "rtmp"; "allcores": as deployed, one core per CPU, not pinned by taskset — it shares the harness's CPU);
 # up to 3 tries, in case another program takes a port between picking and binding.
 start_server() {
     local log=$WORK/sfumato-$1.log try
     for try in 1 2 3; do
         pick_ports
-        local rtmp=0
+        local rtmp=0 pin=(taskset -c "$SERVER_CPU") cores=(--cores 1)
         if [ "${2:-}" = rtmp ]; then rtmp=$RTMP_PORT; fi
-        taskset -c "$SERVER_CPU" "$SFU_BIN" standalone --cores 1 --rtmp-port "$rtmp" \
+        if [ "${2:-}" = allcores ]; then pin=(); cores=(); fi
+        "${pin[@]}" "$SFU_BIN" standalone "${cores[@]}" --rtmp-port "$rtmp" \
             --http-addr 127.0.0.1 --http-port "$HTTP_PORT" --webrtc-port "$WEBRTC_PORT" --webrtc-ips 127.0.0.1 \
             2>"$log" &
         SFU_PID=$!
@@ -272,8 +274,8 @@ print(*[port(k) for _ in range(int(os.environ["N"])) for k in (socket.SOCK_STREA
 }
 
 RUNS=()
-# run NAME SERVER(0 none, 1 sfumato, rtmp = sfumato with RTMP ingest, janus, clusterN = N `sfumato media`
-# nodes) SUBCOMMAND ARGS...: runs one
+# run NAME SERVER(0 none, 1 sfumato, rtmp = sfumato with RTMP ingest, allcores = sfumato on every core, janus,
+# clusterN = N `sfumato media` nodes) SUBCOMMAND ARGS...: runs one
 # scenario; exit 1 (some viewers missing, or a sweep with no good count) is kept, exit 2 (setup error)
 # drops the scenario from the table.
 run() {
@@ -281,8 +283,8 @@ run() {
     shift 2
     echo "== $name" >&2
     local extra=()
-    if [ "$server" = 1 ]; then
-        start_server "$name"
+    if [ "$server" = 1 ] || [ "$server" = allcores ]; then
+        start_server "$name" "$server"
         extra=(--target "$TARGET" --server-pid "$SFU_PID")
     elif [ "$server" = rtmp ]; then
         start_server "$name" rtmp
@@ -319,6 +321,8 @@ run floor-50       0 floor --viewers 50  --duration "$DURATION" --reflector-cpu 
 run floor-200      0 floor --viewers 200 --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
 run fanout-50      1 fanout --room bench --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 run fanout-200     1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+# The server as deployed (every core; viewers spread over them): its own added latency, CPU shared with the harness.
+run fanout-50-allcores allcores fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 if [ "$QUICK" != 1 ]; then
     run rooms-10x4     1 rooms --rooms 10 --publishers 1 --viewers 4 --bitrate 500k --duration "$DURATION" --warmup 2s
     run churn-10ps     1 churn --rate 10/s --duration 15s --lifetime 3s

@@ -15,6 +15,8 @@ pub const COMPARED: &[(&str, &str)] = &[
     ("latency p50 µs", "/latency_us/p50"),
     ("latency p99 µs", "/latency_us/p99"),
     ("latency max µs", "/latency_us/max"),
+    ("server-added p50 µs", "/server_forward_latency_us/p50"),
+    ("server-added p99 µs", "/server_forward_latency_us/p99"),
     ("loss", "/loss_ratio"),
     ("join p99 ms", "/join_ms/p99"),
     ("RSS/viewer B", "/server_rss_bytes_per_viewer"),
@@ -162,8 +164,8 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
 /// The Markdown table of a results document.
 pub fn markdown(doc: &Value) -> String {
     let mut s = String::from(
-        "| run | viewers | loss % | latency p50 / p99 / max µs | join p50 / p99 ms | server ns/pkt | server CPU % | RSS/viewer KiB | other CPU % | notes |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | viewers | loss % | latency p50 / p99 / max µs | server-added p50 / p99 µs | join p50 / p99 ms | server ns/pkt | server CPU % | RSS/viewer KiB | other CPU % | notes |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for run in doc["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
         let r = &run["result"];
@@ -173,12 +175,17 @@ pub fn markdown(doc: &Value) -> String {
         } else {
             format!("{} / {} / {}", fmt(num(r, "/latency_us/p50"), 0), fmt(num(r, "/latency_us/p99"), 0), fmt(num(r, "/latency_us/max"), 0))
         };
+        let added = match (num(r, "/server_forward_latency_us/p50"), num(r, "/server_forward_latency_us/p99")) {
+            (Some(p50), Some(p99)) => format!("{p50:.0} / {p99:.0}"),
+            _ => "–".to_string(),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
             run["name"].as_str().unwrap_or("?"),
             viewers,
             fmt(num(r, "/loss_ratio").map(|x| x * 100.0), 3),
             lat,
+            added,
             fmt(num(r, "/join_ms/p50"), 0),
             fmt(num(r, "/join_ms/p99"), 0),
             fmt(num(r, "/server_cpu_ns_per_packet"), 0),
@@ -306,7 +313,8 @@ mod tests {
         json!({"date": "d", "runs": [
             {"name": "fanout-50", "result": {"scenario": "fanout", "viewers_connected": 50, "viewers_requested": 50,
               "loss_ratio": 0.0, "latency_us": {"p50": 100, "p99": p99, "max": 900}, "join_ms": {"p50": 40.0, "p99": 90.0},
-              "server_cpu_ns_per_packet": ns, "server_rss_bytes_per_viewer": 2048.0, "other_cpu_percent": 1.0}},
+              "server_cpu_ns_per_packet": ns, "server_rss_bytes_per_viewer": 2048.0, "other_cpu_percent": 1.0,
+              "server_forward_latency_us": {"count": 10, "p50": 80, "p99": p99 / 2, "max": 700}}},
             {"name": "churn", "result": {"scenario": "churn", "viewers_joined": 9, "viewers_attempted": 10,
               "sessions_leaked": 0, "no_video_failures": 1, "rate_per_s": 5.0}}
         ]})
@@ -315,7 +323,7 @@ mod tests {
     #[test]
     fn table_and_ratios() {
         let md = markdown(&doc(20000.0, 3000));
-        assert!(md.contains("| fanout-50 | 50/50 | 0.000 | 100 / 3000 / 900 | 40 / 90 | 20000 |"), "{md}");
+        assert!(md.contains("| fanout-50 | 50/50 | 0.000 | 100 / 3000 / 900 | 80 / 1500 | 40 / 90 | 20000 |"), "{md}");
         assert!(md.contains("| churn | 9/10 |"), "{md}");
         assert!(md.contains("sessions leaked 0"));
         let r = compare(&doc(20000.0, 3000), &doc(10000.0, 3000)).unwrap();
@@ -331,6 +339,8 @@ mod tests {
         let p = pair(&two, "fanout-50", "janus-50");
         assert_eq!(p.iter().find(|x| x.figure == "server ns/pkt").unwrap().ratio, Some(0.25));
         assert!(pair_markdown("fanout-50", "janus-50", &p).contains("| latency p99 µs | 2000 | 8000 | 0.25 |"));
+        let added = p.iter().find(|x| x.figure == "server-added p99 µs").unwrap();
+        assert_eq!((added.new, added.old), (1000.0, 4000.0));
         assert!(pair(&two, "fanout-50", "nope").is_empty());
         let sw = |n: u64, lim: &str| json!({"scenario": "sweep", "target_kind": "x", "max_viewers": n, "limited_by": lim,
             "verdict": format!("v{n}"), "steps": [{}, {}]});
@@ -343,7 +353,7 @@ mod tests {
         assert_eq!((p[0].figure, p[0].ratio), ("max viewers ↑", Some(2.0)));
         let note = sweep_pair_note(&three, "sweep-a", "sweep-b").unwrap();
         assert!(note.contains("sweep-a 600 (a lower bound: the harness saturated first)"), "{note}");
-        assert!(markdown(&three).contains("| sweep-a | max 600 | – | – |"), "{}", markdown(&three));
+        assert!(markdown(&three).contains("| sweep-a | max 600 | – | – | – |"), "{}", markdown(&three));
         assert!(sweep_pair_note(&three, "fanout-50", "sweep-b").is_none());
     }
 
@@ -357,7 +367,7 @@ mod tests {
             "nodes": [{"node_id": "a", "cpu_percent": 4.0}, {"node_id": "b", "cpu_percent": 3.0}, {"node_id": "c", "cpu_percent": 2.5}]});
         let d = json!({"runs": [{"name": "cascade-3x20", "result": r}]});
         let md = markdown(&d);
-        assert!(md.contains("| cascade-3x20 | 40/40 (20+20) | 0.000 | 950 / 3100 / 5000 |"), "{md}");
+        assert!(md.contains("| cascade-3x20 | 40/40 (20+20) | 0.000 | 950 / 3100 / 5000 | – |"), "{md}");
         assert!(md.contains("0 hops 430 / 1000, 1 hop 950 / 3100, added per hop +520 / +2100; link 340 pkt/s (2.00 copies/pkt, ~2176 kbit/s est.), dropped 0; node CPU % a 4.0, b 3.0, c 2.5"), "{md}");
         let mut later = d.clone();
         later["runs"][0]["result"]["hop_added_latency_us"]["p50"] = json!(260);

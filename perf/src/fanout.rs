@@ -250,6 +250,12 @@ pub fn summary(r: &RunResult) -> String {
         r.server_packets_forwarded.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into()),
         r.server_ring_full_drops.map(|v| v.to_string()).unwrap_or_else(|| "n/a".into()),
     ));
+    if let Some(l) = r.server_forward_latency_us {
+        s.push_str(&format!(
+            "  server-added latency (UDP in → UDP out, since the server started): p50 {} µs  p99 {} µs  max {} µs\n",
+            l.p50, l.p99, l.max
+        ));
+    }
     s.push_str(&format!(
         "  server waited for a CPU {} of the window; slowest /healthz {:.0} ms\n",
         r.server_run_delay_percent.map(|v| format!("{v:.1}%")).unwrap_or_else(|| "n/a".into()),

@@ -89,6 +89,16 @@ pub fn parse_status_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The server's own forwarding latency (`/healthz` `forward_latency_us`: publisher datagram received → viewer
+/// datagram sent), cumulative since the server started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServerLatency {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
 /// Selected `/healthz` counters (node totals).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerCounters {
@@ -98,6 +108,7 @@ pub struct ServerCounters {
     pub udp_send_errors: u64,
     pub udp_unroutable: u64,
     pub sessions: u64,
+    pub forward_latency_us: Option<ServerLatency>,
 }
 
 impl ServerCounters {
@@ -111,6 +122,10 @@ impl ServerCounters {
             udp_send_errors: n(&s["udp_send_errors"]),
             udp_unroutable: n(&s["udp_unroutable"]),
             sessions: n(&v["sessions"]),
+            forward_latency_us: v["forward_latency_us"].as_object().map(|l| {
+                let f = |k: &str| l.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                ServerLatency { count: f("count"), p50: f("p50"), p99: f("p99"), max: f("max") }
+            }),
         }
     }
     pub fn fetch(http: &HttpClient) -> Result<Self, HttpError> {
@@ -159,6 +174,8 @@ pub struct WindowDelta {
     pub server_run_delay_percent: Option<f64>,
     /// Slowest GET /healthz of the two samples.
     pub healthz_max_ms: f64,
+    /// The server's forwarding latency at the window's end (cumulative since it started).
+    pub forward_latency_us: Option<ServerLatency>,
 }
 
 impl WindowDelta {
@@ -174,6 +191,7 @@ impl WindowDelta {
         r.other_cpu_percent = self.other_cpu_percent;
         r.server_run_delay_percent = self.server_run_delay_percent;
         r.healthz_max_ms = self.healthz_max_ms;
+        r.server_forward_latency_us = self.forward_latency_us;
     }
 }
 
@@ -203,6 +221,7 @@ pub fn delta(a: &WindowSample, b: &WindowSample) -> WindowDelta {
             .filter(|_| wall_ns > 0.0)
             .map(|(x, y)| 100.0 * y.saturating_sub(x) as f64 / wall_ns),
         healthz_max_ms: a.healthz_ms.max(b.healthz_ms),
+        forward_latency_us: b.counters.and_then(|c| c.forward_latency_us),
     }
 }
 
@@ -228,5 +247,9 @@ mod tests {
         let v = serde_json::json!({"sessions": 3, "stats": {"rtp_packets_forwarded": 10, "ring_full_drops": 1}});
         let c = ServerCounters::from_healthz(&v);
         assert_eq!((c.sessions, c.rtp_packets_forwarded, c.ring_full_drops, c.rtp_packets_in), (3, 10, 1, 0));
+        assert_eq!(c.forward_latency_us, None);
+        let v = serde_json::json!({"forward_latency_us": {"count": 9, "p50": 300, "p90": 600, "p99": 900, "max": 1200}});
+        let l = ServerCounters::from_healthz(&v).forward_latency_us;
+        assert_eq!(l, Some(ServerLatency { count: 9, p50: 300, p99: 900, max: 1200 }));
     }
 }

@@ -438,6 +438,9 @@ pub struct RunResult {
     pub server_run_delay_percent: Option<f64>,
     /// Slowest GET /healthz at the window's edges (HTTP responsiveness under load).
     pub healthz_max_ms: f64,
+    /// sfumato's own forwarding latency (UDP in → UDP out) from `/healthz` at the window's end, cumulative
+    /// since the server started (joins included: a little pessimistic for the window alone).
+    pub server_forward_latency_us: Option<crate::server_probe::ServerLatency>,
     /// Scenario-specific fields, written at the top level of the JSON.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
