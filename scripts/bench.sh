@@ -382,7 +382,7 @@ mkdir -p "$RESULTS"
 "$PERF_BIN" report --date "$DATE" \
     --meta "machine=$(nproc) CPUs, $(uname -sr), loopback" \
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)" \
-    --meta "pinning=server CPU $SERVER_CPU (--cores 1), harness CPU $HARNESS_CPU" \
+    --meta "pinning=server CPU $SERVER_CPU (--cores 1), harness CPU $HARNESS_CPU; *-allcores: server on every CPU, unpinned" \
     --meta "duration=$DURATION" \
     --out "$OUT_JSON" --md "$OUT_MD" "${PAIRS[@]}" "${RUNS[@]}"
 

@@ -203,6 +203,8 @@ fn measure(cfg: &RtmpConfig, h: &Harness, ff: &mut Ffmpeg, viewers: &[Session]) 
         ..RunResult::default()
     };
     delta(&s0, &s1).fill(&mut r);
+    // RTMP packets have their own server latency (FLV message read → viewer datagram sent).
+    r.server_forward_latency_us = s1.counters.and_then(|c| c.rtmp_forward_latency_us);
     let a = aggregate(viewers, wall);
     r.viewers_connected = a.connected;
     r.packets_received = a.unique;
@@ -226,8 +228,6 @@ fn measure(cfg: &RtmpConfig, h: &Harness, ff: &mut Ffmpeg, viewers: &[Session]) 
         "ffmpeg_cpu_percent".into(),
         ff0.zip(ff1).map(|(a, b)| 100.0 * b.saturating_sub(a) as f64 / (wall * 1e9)).into(),
     );
-    // Not exposed by the server yet (see perf/README.md): RTMP message in → first RTP packet out.
-    x.insert("server_rtmp_to_rtp_us".into(), serde_json::Value::Null);
     Ok(r)
 }
 

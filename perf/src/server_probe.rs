@@ -109,6 +109,16 @@ pub struct ServerCounters {
     pub udp_unroutable: u64,
     pub sessions: u64,
     pub forward_latency_us: Option<ServerLatency>,
+    /// The same for RTMP publishers' packets: FLV message read → viewer datagram sent.
+    pub rtmp_forward_latency_us: Option<ServerLatency>,
+}
+
+impl ServerLatency {
+    fn from_healthz(v: &serde_json::Value) -> Option<Self> {
+        let l = v.as_object()?;
+        let f = |k: &str| l.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        Some(Self { count: f("count"), p50: f("p50"), p99: f("p99"), max: f("max") })
+    }
 }
 
 impl ServerCounters {
@@ -122,10 +132,8 @@ impl ServerCounters {
             udp_send_errors: n(&s["udp_send_errors"]),
             udp_unroutable: n(&s["udp_unroutable"]),
             sessions: n(&v["sessions"]),
-            forward_latency_us: v["forward_latency_us"].as_object().map(|l| {
-                let f = |k: &str| l.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                ServerLatency { count: f("count"), p50: f("p50"), p99: f("p99"), max: f("max") }
-            }),
+            forward_latency_us: ServerLatency::from_healthz(&v["forward_latency_us"]),
+            rtmp_forward_latency_us: ServerLatency::from_healthz(&v["rtmp_forward_latency_us"]),
         }
     }
     pub fn fetch(http: &HttpClient) -> Result<Self, HttpError> {
