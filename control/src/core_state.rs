@@ -94,6 +94,10 @@ pub struct CoreState {
     scratch: Vec<Vec<SessionEvent>>,
     /// Reused by [`CoreState::run_due_timeouts`].
     due_scratch: Vec<SessionId>,
+    /// No session's str0m deadline is earlier than this (None: no session). Lowered after every poll, made
+    /// exact by [`CoreState::run_due_timeouts`], so the check it does after every burst of datagrams is one
+    /// comparison instead of a scan of all sessions.
+    earliest_timeout: Option<Instant>,
     /// Viewers written to since they were last polled. Polling once per batch instead of once per packet
     /// lets str0m release a whole frame's packets in one timeout round (see `poll_written`).
     written: Vec<SessionId>,
@@ -136,6 +140,7 @@ impl CoreState {
             nonce_state: seed ^ random_seed(),
             scratch: Vec::new(),
             due_scratch: Vec::new(),
+            earliest_timeout: None,
             written: Vec::new(),
             written_next: 0,
             stats: CoreStats::default(),
@@ -218,6 +223,7 @@ impl CoreState {
         self.room_changes(&changes);
         self.cluster_sync(key);
         self.by_ufrag.insert(session.local_ufrag().to_string(), id);
+        self.note_timeout(session.next_timeout());
         self.sessions.insert(
             id,
             SessionEntry {
@@ -370,6 +376,10 @@ impl CoreState {
     /// can sleep longer (each wake-up of an idle core costs a park/unpark of the reactor). Returns whether
     /// any session was due.
     pub fn run_due_timeouts(&mut self, now: Instant) -> bool {
+        match self.earliest_timeout {
+            Some(t) if t <= now => {}
+            _ => return false,
+        }
         let mut due = std::mem::take(&mut self.due_scratch);
         due.extend(self.sessions.iter().filter(|(_, e)| e.session.next_timeout() <= now).map(|(id, _)| *id));
         for &id in &due {
@@ -381,7 +391,14 @@ impl CoreState {
         let any = !due.is_empty();
         due.clear();
         self.due_scratch = due;
+        self.earliest_timeout = self.sessions.values().map(|e| e.session.next_timeout()).min();
         any
+    }
+
+    fn note_timeout(&mut self, t: Instant) {
+        if self.earliest_timeout.is_none_or(|e| t < e) {
+            self.earliest_timeout = Some(t);
+        }
     }
 
     // ---- messages from other cores ----------------------------------------------------------------------
@@ -481,16 +498,17 @@ impl CoreState {
     /// Polls a session until it has nothing more to say and acts on what it said.
     fn drain_session(&mut self, id: SessionId, now: Instant) {
         let mut events = self.scratch.pop().unwrap_or_default();
-        let (room, role) = match self.sessions.get_mut(&id) {
+        let (room, role, deadline) = match self.sessions.get_mut(&id) {
             Some(e) => {
                 e.session.poll(now, &mut events);
-                (e.room, e.session.role())
+                (e.room, e.session.role(), e.session.next_timeout())
             }
             None => {
                 self.scratch.push(events);
                 return;
             }
         };
+        self.note_timeout(deadline);
         for ev in events.drain(..) {
             match ev {
                 SessionEvent::Transmit { from, to, data } => {
@@ -607,6 +625,8 @@ impl CoreState {
             let rtmp = std::mem::take(&mut entry.written_rtmp);
             entry.session.poll(now, &mut events);
             let room = entry.room;
+            let t = entry.session.next_timeout();
+            self.note_timeout(t);
             let mut keyframe_wanted = false;
             let mut estimate = None;
             for ev in events.drain(..) {
