@@ -9,7 +9,7 @@
 #   scripts/bench.sh --quick          # a shorter set (~2 min): 5 s windows, no GSO floor/rooms/churn, smaller sweeps
 #   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
 #
-# Scenarios (about 5 minutes in all): floor 50 (sendmmsg), floor 50 (GSO), floor 200, fanout 50,
+# Scenarios (about 7 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 200, fanout 50,
 # fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
 # viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), and — if `janus` is installed
 # (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
