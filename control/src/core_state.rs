@@ -870,3 +870,45 @@ fn random_seed() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A WHEP viewer's offer: recvonly VP8 video and Opus audio.
+    const VIEWER_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\na=rtpmap:96 VP8/90000\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\na=rtcp-mux\r\n\
+        a=rtpmap:111 opus/48000/2\r\n";
+
+    fn exact_earliest(st: &CoreState) -> Option<Instant> {
+        st.sessions.values().map(|e| e.session.next_timeout()).min()
+    }
+
+    #[test]
+    fn due_timeouts_are_driven_at_their_deadline_not_before() {
+        let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+        let mut st = CoreState::new(0, 1, vec![addr], None, EventBus::disabled("test"));
+        let t0 = Instant::now();
+        assert!(!st.run_due_timeouts(t0), "no session, nothing due");
+        assert_eq!(st.earliest_timeout, None);
+
+        let offer =
+            OfferRequest { role: Role::Viewer, room: "r".into(), sdp: VIEWER_OFFER.into(), owner: None, peer: None };
+        st.create_session(&offer, None, t0).expect("a viewer session");
+        let bound = st.earliest_timeout.expect("the new session's deadline is noted");
+        assert!(Some(bound) <= exact_earliest(&st), "a lower bound of every session's deadline");
+
+        st.run_due_timeouts(t0);
+        let deadline = st.earliest_timeout.expect("one session, one deadline");
+        assert_eq!(Some(deadline), exact_earliest(&st), "made exact when due timeouts run");
+        assert!(deadline > t0, "the session was driven past its first deadline");
+        assert!(!st.run_due_timeouts(deadline - Duration::from_nanos(1)), "not due before its deadline");
+        assert!(st.run_due_timeouts(deadline), "due at its deadline");
+        assert!(st.earliest_timeout.is_some_and(|e| e > deadline), "and driven past it");
+    }
+}
