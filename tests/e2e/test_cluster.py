@@ -320,10 +320,11 @@ def test_cascade_one_copy_per_zone_pair(cluster):
         pub = await post_offer(a, "whip", room)
         assert "/conn/" in pub.location and "/conn/a/" not in pub.location, pub.location  # placed on a itself
         await wait_connected(pub)
-        viewers_b = [await post_offer(b, "whep", room) for _ in range(2)]
-        viewer_c = await post_offer(c, "whep", room)
-        viewer_d = await post_offer(d, "whep", room)
-        viewers = viewers_b + [viewer_c, viewer_d]
+        # All four at once: a viewer in z2 is placed on a z2 node that already pulls the room, and gossip
+        # (every 500 ms) tells c and d when b starts pulling; posted one after the other (each aiortc offer
+        # takes a while), c's and d's viewers could be proxied to b, and this test needs them on c and d.
+        viewers = list(await asyncio.gather(*(post_offer(n, "whep", room) for n in (b, b, c, d))))
+        viewers_b, viewer_c, viewer_d = viewers[:2], viewers[2], viewers[3]
         for v in viewers:
             assert not re.search(r"/conn/[a-z]+/", v.location), f"viewer placed elsewhere: {v.location}"
         await wait_connected(*viewers)
