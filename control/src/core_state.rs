@@ -353,7 +353,7 @@ impl CoreState {
 
     // ---- timers -----------------------------------------------------------------------------------------
 
-    /// Drives every session whose timeout is due and reaps dead ones. Returns the next deadline.
+    /// Drives every session whose timeout is due and reaps dead ones. Returns (a lower bound of) the next deadline.
     pub fn on_tick(&mut self, now: Instant) -> Option<Instant> {
         self.run_due_timeouts(now);
         let dead: Vec<SessionId> =
@@ -368,7 +368,8 @@ impl CoreState {
         }
         self.report_stats(now);
         self.bitrate_sweep(now);
-        self.sessions.values().map(|e| e.session.next_timeout()).min()
+        // A lower bound (exact unless a session was removed since): the timer only uses it to pick its sleep.
+        self.earliest_timeout
     }
 
     /// Drives the sessions whose str0m timeout is due. Called on every timer tick and after every burst of
@@ -380,8 +381,19 @@ impl CoreState {
             Some(t) if t <= now => {}
             _ => return false,
         }
+        // One scan: the due sessions, and the exact earliest deadline of the others; driving a due session
+        // notes its new deadline (`drain_session`), so the bound is exact again afterwards.
         let mut due = std::mem::take(&mut self.due_scratch);
-        due.extend(self.sessions.iter().filter(|(_, e)| e.session.next_timeout() <= now).map(|(id, _)| *id));
+        let mut rest: Option<Instant> = None;
+        for (id, e) in self.sessions.iter() {
+            let t = e.session.next_timeout();
+            if t <= now {
+                due.push(*id);
+            } else if rest.is_none_or(|r| t < r) {
+                rest = Some(t);
+            }
+        }
+        self.earliest_timeout = rest;
         for &id in &due {
             if let Some(e) = self.sessions.get_mut(&id) {
                 e.session.handle_timeout(now);
@@ -391,7 +403,6 @@ impl CoreState {
         let any = !due.is_empty();
         due.clear();
         self.due_scratch = due;
-        self.earliest_timeout = self.sessions.values().map(|e| e.session.next_timeout()).min();
         any
     }
 
