@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use sfumato_media::packet::{Codec, ForwardedPacket, PayloadParams};
+use sfumato_media::packet::{Codec, ForwardedExt, ForwardedPacket, PayloadParams};
 use sfumato_media::room::RoomKey;
 use sfumato_media::webrtc::h264_params;
 use sfumato_media::rtmp::{
@@ -283,6 +283,7 @@ fn packet(o: RtpOut, codec: Codec, params: &PayloadParams, source: u64, clock_ra
         clock_rate,
         received_at: read_at,
         payload: o.payload,
+        ext: ForwardedExt::default(),
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use sfumato_perf::client::{next_stream_id, PublisherConfig};
 use sfumato_perf::http_client::HttpClient;
 use sfumato_perf::{Harness, Kind, MeasureWindow, Session};
+use str0m::rtp::VideoOrientation;
 
 const CORES: usize = 2;
 
@@ -264,6 +265,35 @@ fn viewer_before_publisher_starts_receiving() {
     for (v, b) in viewers.iter().zip(before) {
         assert!(v.peer.stats().kinds[0].packets > b + 20, "video stalled");
     }
+}
+
+#[test]
+fn publisher_header_extensions_reach_viewers() {
+    let _machine = MACHINE.read().unwrap_or_else(|e| e.into_inner());
+    let srv = Server::start("ext");
+    let h = Harness::new(&srv.base, 1).expect("harness");
+    // A phone in portrait sends unrotated frames and the rotation in urn:3gpp:video-orientation; audio
+    // carries its level (RFC 6464). Both must reach the viewer as the publisher wrote them.
+    let cfg = PublisherConfig {
+        video_orientation: Some(VideoOrientation::Deg90),
+        audio_level: Some(-42),
+        ..publisher_cfg()
+    };
+    let publisher = h.publish("ext", cfg).expect("publish");
+    let viewers: Vec<Session> = (0..2).map(|_| h.view("ext").expect("view")).collect();
+    wait(Duration::from_secs(10), "viewers to get video and audio levels", || {
+        viewers.iter().all(|v| {
+            let st = v.peer.stats();
+            st.ext.video_orientation_packets > 30 && st.ext.audio_level_packets > 30
+        })
+    });
+    for (i, v) in viewers.iter().enumerate() {
+        let st = v.peer.stats();
+        eprintln!("ext: viewer {i} {:?}", st.ext);
+        assert_eq!(st.ext.video_orientation, Some(VideoOrientation::Deg90), "viewer {i}");
+        assert_eq!((st.ext.audio_level, st.ext.voice_activity), (Some(-42), Some(true)), "viewer {i}");
+    }
+    drop(publisher);
 }
 
 #[test]

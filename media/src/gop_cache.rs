@@ -182,6 +182,7 @@ mod tests {
             clock_rate: 90_000,
             received_at: Instant::now(),
             payload: Arc::from(vec![0u8; len]),
+            ext: Default::default(),
         }
     }
 

@@ -299,6 +299,7 @@ mod tests {
             clock_rate: 90_000,
             received_at: std::time::Instant::now(),
             payload: std::sync::Arc::from(&b"x"[..]),
+            ext: Default::default(),
         }
     }
 

@@ -13,11 +13,11 @@ use str0m::config::DtlsCert;
 use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpWrite, SeqNo, Ssrc};
+use str0m::rtp::{Extension, ExtensionMap, RtpWrite, SeqNo, Ssrc};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 
-use crate::packet::{Codec, ForwardedPacket, TrackKind};
+use crate::packet::{Codec, ForwardedExt, ForwardedPacket, TrackKind};
 use crate::seq_rewrite::{SeqRewriter, Skip};
 
 /// A new session may take this long to connect (ICE + DTLS) before it is dropped.
@@ -699,6 +699,7 @@ impl WebRtcSession {
                     keyframe_start,
                     clock_rate: params.spec().clock_rate.get(),
                     received_at: pkt.timestamp,
+                    ext: ForwardedExt::of(&pkt.header.ext_vals),
                     payload: pkt.payload,
                 }));
             }
@@ -866,7 +867,7 @@ impl WebRtcSession {
         };
         let write = RtpWrite::new(out_params.pt(), SeqNo::from(rw.seq), rw.timestamp, pkt.received_at, pkt.payload.clone())
             .marker(pkt.marker)
-            .ext_vals(ExtensionValues::default())
+            .ext_vals(pkt.ext.values())
             .nackable(kind == TrackKind::Video);
         tx.write_rtp(write);
         Ok(())

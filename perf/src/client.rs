@@ -23,7 +23,7 @@ use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, VideoOrientation};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::probe::{self, Kind, Probe};
@@ -76,6 +76,9 @@ pub struct PublisherConfig {
     pub audio_payload_bytes: usize,
     /// Written into every probe; identifies this publisher on the viewer side.
     pub stream_id: u32,
+    /// Header extensions put on every packet (tests of what the server forwards; none by default).
+    pub video_orientation: Option<VideoOrientation>,
+    pub audio_level: Option<i8>,
 }
 
 impl Default for PublisherConfig {
@@ -88,6 +91,8 @@ impl Default for PublisherConfig {
             audio: true,
             audio_payload_bytes: 100,
             stream_id: next_stream_id(),
+            video_orientation: None,
+            audio_level: None,
         }
     }
 }
@@ -406,6 +411,7 @@ impl Peer {
                 }
                 let arrived = probe::ns_since_epoch(pkt.timestamp);
                 let mut st = self.shared.stats();
+                st.ext.record(&pkt.header.ext_vals);
                 match probe::parse(&pkt.payload) {
                     Some(p) => {
                         if st.record(&p, arrived, pkt.header.sequence_number, pkt.header.timestamp) {
@@ -467,6 +473,7 @@ impl Peer {
                     tx.write_rtp(
                         RtpWrite::new(p.video.1, SeqNo::from(p.video_seq), ts, now, payload)
                             .marker(i + 1 == p.ppf)
+                            .ext_vals(ExtensionValues { video_orientation: p.cfg.video_orientation, ..Default::default() })
                             .nackable(true),
                     );
                     p.video_seq += 1;
@@ -498,7 +505,8 @@ impl Peer {
                     };
                     probe::write(&mut p.buf, &probe, p.cfg.audio_payload_bytes);
                     let payload: Arc<[u8]> = Arc::from(&p.buf[..]);
-                    tx.write_rtp(RtpWrite::new(pt, SeqNo::from(p.audio_seq), ts, now, payload));
+                    let ext = ExtensionValues { audio_level: p.cfg.audio_level, voice_activity: p.cfg.audio_level.map(|_| true), ..Default::default() };
+                    tx.write_rtp(RtpWrite::new(pt, SeqNo::from(p.audio_seq), ts, now, payload).ext_vals(ext));
                     p.audio_seq += 1;
                     self.shared.sent[1].store(counter + 1, Ordering::Release);
                     wrote = true;

@@ -237,6 +237,32 @@ pub struct ViewerStats {
     pub switches: Vec<StreamSwitch>,
     /// Packets without a probe (real encoder output), by RTP sequence number and timestamp.
     pub raw: crate::raw_rtp::RawRtpStats,
+    /// The forwarded header extensions seen.
+    pub ext: ReceivedExt,
+}
+
+/// Header extension values a viewer received: how many packets carried each, and the last value.
+#[derive(Debug, Default, Clone)]
+pub struct ReceivedExt {
+    pub audio_level_packets: u64,
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+    pub video_orientation_packets: u64,
+    pub video_orientation: Option<str0m::rtp::VideoOrientation>,
+}
+
+impl ReceivedExt {
+    pub fn record(&mut self, v: &str0m::rtp::ExtensionValues) {
+        if let Some(l) = v.audio_level {
+            self.audio_level_packets += 1;
+            self.audio_level = Some(l);
+            self.voice_activity = v.voice_activity;
+        }
+        if let Some(o) = v.video_orientation {
+            self.video_orientation_packets += 1;
+            self.video_orientation = Some(o);
+        }
+    }
 }
 
 impl Default for ViewerStats {
@@ -248,6 +274,7 @@ impl Default for ViewerStats {
             got_keyframe: false,
             switches: Vec::new(),
             raw: Default::default(),
+            ext: Default::default(),
         }
     }
 }

@@ -239,6 +239,48 @@ def test_demo_page_publishes_and_another_page_watches(dev_server):
     asyncio.run(run())
 
 
+# The viewer's audio sources as Chromium reports them. Chromium fills `audioLevel` from the RFC 6464
+# header extension of the received packets only (not from the decoded audio), so it says whether the server
+# forwarded the publisher's level.
+AUDIO_SOURCES_JS = """() => {
+  const s = window.sfumato && window.sfumato.sessions.whep;
+  if (!s) return null;
+  const r = s.pc.getReceivers().find((r) => r.track && r.track.kind === "audio");
+  if (!r) return null;
+  return r.getSynchronizationSources().map((x) => ({
+    source: x.source, audioLevel: x.audioLevel === undefined ? null : x.audioLevel,
+  }));
+}"""
+
+
+@pytest.mark.timeout(120)
+def test_publisher_audio_level_reaches_browser_viewer(dev_server):
+    """Chromium publishes its fake microphone (ssrc-audio-level on every packet); a Chromium viewer's
+    getSynchronizationSources() shows an audio level, i.e. the extension went through the server."""
+    base = dev_server.base_url
+
+    async def run():
+        async with chromium() as browser:
+            pub = await new_page(browser, "publisher")
+            await open_demo_from_server(pub, base, "?room=audio-level")
+            await pub.click("#publish")
+            await wait_state(pub, "whip")
+            view = await watch_from_demo(browser, base, "audio-level")
+            deadline = time.monotonic() + 10
+            sources = None
+            while time.monotonic() < deadline:
+                sources = await view.evaluate(AUDIO_SOURCES_JS)
+                if sources and all(src["audioLevel"] is not None for src in sources):
+                    break
+                await asyncio.sleep(0.25)
+            print(f"viewer audio sources: {sources}")
+            assert sources, "the viewer's audio receiver saw no RTP source"
+            assert all(src["audioLevel"] is not None for src in sources), f"no audio level forwarded: {sources}"
+            assert all(0.0 <= src["audioLevel"] <= 1.0 for src in sources), sources
+
+    asyncio.run(run())
+
+
 @pytest.mark.timeout(120)
 def test_demo_page_in_secure_mode_uses_tokens(secure_server):
     """(a, secure) route patch: no token -> the server's JSON error is shown; tokens from the API work."""
