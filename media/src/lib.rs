@@ -9,11 +9,13 @@
 //! - [`stun`]: STUN USERNAME parsing to route first packets to their session.
 //! - [`packet`]: the shared forwarded packet.
 
+pub mod dtls_keys;
 pub mod gop_cache;
 pub mod keyframe;
 pub mod packet;
 pub mod room;
 pub mod rtmp;
 pub mod seq_rewrite;
+pub mod srtp_send;
 pub mod stun;
 pub mod webrtc;
