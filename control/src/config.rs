@@ -154,6 +154,11 @@ pub struct NodeArgs {
     /// (SFUMATO_VIEWER_BWE: true/false, 1/0, yes/no, on/off).
     #[arg(long, env = "SFUMATO_VIEWER_BWE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub viewer_bwe: bool,
+    /// Send viewers' media through str0m (`write_rtp`) instead of sfumato's direct send path (which writes
+    /// and encrypts each packet itself, on SSRCs of its own). For comparison and as a fallback; costs
+    /// server CPU. Default off (SFUMATO_STR0M_SEND: true/false, 1/0, yes/no, on/off).
+    #[arg(long, env = "SFUMATO_STR0M_SEND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub str0m_send: bool,
     /// First WebRTC UDP port; core i uses this + i.
     #[arg(long, default_value_t = 10000, env = "SFUMATO_WEBRTC_PORT")]
     pub webrtc_port: u16,
@@ -277,6 +282,7 @@ pub struct FileConfig {
     rtmp_replace: Option<bool>,
     rtmp_gop_cache: Option<usize>,
     viewer_bwe: Option<bool>,
+    str0m_send: Option<bool>,
     webrtc_port: Option<u16>,
     #[serde(default, deserialize_with = "list")]
     webrtc_ips: Option<Vec<IpAddr>>,
@@ -401,7 +407,7 @@ impl FileConfig {
             take_cluster!(seeds, zone, quic_port, advertise_ip, max_sessions, max_cpu);
         }
         take!(rtmp_gop_cache);
-        take!(http_addr, http_port, rtmp_port, rtmp_replace, viewer_bwe, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
+        take!(http_addr, http_port, rtmp_port, rtmp_replace, viewer_bwe, str0m_send, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
         take!(io_memory, node_id, nats_url, hook_url, events_buffer);
         take!(ice_server, ice_server_username, ice_server_credential);
         if let Some(v) = self.log_format {
@@ -645,7 +651,7 @@ mod tests {
         EXAMPLE
             .lines()
             .map(|l| match l.strip_prefix("# ").and_then(|r| r.split_once(" = ").map(|(k, _)| (k, r))) {
-                Some((k, r)) if k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') => r,
+                Some((k, r)) if k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') => r,
                 _ => l,
             })
             .collect::<Vec<_>>()

@@ -13,7 +13,7 @@ use sfumato_media::packet::{ForwardedPacket, PayloadParams};
 use sfumato_media::room::{LocalViewers, RoomChange, RoomError, RoomKey, RoomRouter, SessionId, SessionMap};
 use sfumato_media::stun;
 use sfumato_media::seq_rewrite::Skip;
-use sfumato_media::webrtc::{Role, SessionError, SessionEvent, TrickleOutcome, WebRtcSession, WriteSkip};
+use sfumato_media::webrtc::{Role, SessionError, SessionEvent, TrickleOutcome, ViewerOptions, WebRtcSession, WriteSkip};
 use str0m::config::DtlsCert;
 
 use crate::messages::{ControlMsg, Created, MediaMsg, OfferError, OfferRequest, ResourceId, ResourceOp, ResourceOutcome};
@@ -87,8 +87,9 @@ pub struct CoreState {
     /// Bitrate feedback per room (`bitrate.rs`): local viewers' estimates; on the home core, every core's.
     bitrate: HashMap<RoomKey, RoomBitrate>,
     last_bitrate_sweep: Instant,
-    /// `--viewer-bwe`: run str0m's TWCC bandwidth estimation on viewers (else only their REMB is used).
-    pub viewer_bwe: bool,
+    /// `--viewer-bwe` (str0m's TWCC bandwidth estimation on viewers, else only their REMB is used) and
+    /// `--str0m-send` (viewers' media through str0m's `write_rtp` instead of the direct send path).
+    pub viewer: ViewerOptions,
     next_session: u64,
     nonce_state: u64,
     scratch: Vec<Vec<SessionEvent>>,
@@ -135,7 +136,7 @@ impl CoreState {
             viewers: LocalViewers::default(),
             bitrate: HashMap::new(),
             last_bitrate_sweep: Instant::now(),
-            viewer_bwe: false,
+            viewer: ViewerOptions::default(),
             next_session: 0,
             nonce_state: seed ^ random_seed(),
             scratch: Vec::new(),
@@ -194,7 +195,7 @@ impl CoreState {
             return Err(OfferError::RoomBusy);
         }
         let (mut session, answer) =
-            WebRtcSession::accept(role, sdp, &self.candidates, self.cert.clone(), self.viewer_bwe, room_video, now).map_err(|e| match e {
+            WebRtcSession::accept(role, sdp, &self.candidates, self.cert.clone(), self.viewer, room_video, now).map_err(|e| match e {
                 SessionError::BadSdp(_) | SessionError::NoUsableMedia(_) | SessionError::IncompatibleH264 { .. } => {
                     OfferError::BadOffer(e.to_string())
                 }
@@ -747,6 +748,7 @@ impl CoreState {
 
     fn count_feedback(&mut self, f: sfumato_media::webrtc::FeedbackDelta) {
         self.stats.nacks_received += f.nacks_received;
+        self.stats.rtp_retransmitted += f.retransmitted;
         self.stats.keyframe_requests_received += f.keyframe_requests_received;
         self.stats.nacks_sent += f.nacks_sent;
     }

@@ -197,7 +197,7 @@ fn run(args: NodeArgs, cluster: Option<ClusterArgs>) -> Result<(), NodeError> {
             let mut state = CoreState::new(ctx.core, ctx.cores, candidates, cert, events.clone());
             state.set_rtmp_replace(args.rtmp_replace);
             state.set_rtmp_gop_cache(args.rtmp_gop_cache);
-            state.viewer_bwe = args.viewer_bwe;
+            state.viewer = sfumato_media::webrtc::ViewerOptions { bwe: args.viewer_bwe, direct_send: !args.str0m_send };
             let control_rx = control.take_receivers();
             let media_rx = media.take_receivers();
             let shell = CoreShell::new(state, control, media, sockets, loads.clone(), auth);

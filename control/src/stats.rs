@@ -36,8 +36,10 @@ pub struct CoreStats {
     pub keyframe_requests_received: u64,
     /// REMB messages sent to WebRTC publishers (the lowest bandwidth estimate of the room's viewers).
     pub bitrate_hints_sent: u64,
-    /// NACKs received from viewers (retransmissions str0m answered from its send buffer).
+    /// NACKs received from viewers (answered from the retransmission buffer).
     pub nacks_received: u64,
+    /// Packets sent again to viewers for their NACKs by the direct send path (RTX or the packet itself).
+    pub rtp_retransmitted: u64,
     /// NACKs sent to publishers for lost packets.
     pub nacks_sent: u64,
     /// ICE restarts done through PATCH.
@@ -122,6 +124,7 @@ impl CoreStats {
         self.keyframe_requests_received += o.keyframe_requests_received;
         self.bitrate_hints_sent += o.bitrate_hints_sent;
         self.nacks_received += o.nacks_received;
+        self.rtp_retransmitted += o.rtp_retransmitted;
         self.nacks_sent += o.nacks_sent;
         self.ice_restarts += o.ice_restarts;
         self.events_queue_dropped += o.events_queue_dropped;
@@ -172,6 +175,7 @@ const HELP: &[(&str, &str)] = &[
     ("keyframe_requests_received", "Keyframe requests (PLI/FIR) received from viewers"),
     ("bitrate_hints_sent", "REMB bitrate limits sent to publishers (lowest viewer bandwidth estimate of the room)"),
     ("nacks_received", "NACKs received from viewers (answered from the retransmission buffer)"),
+    ("rtp_retransmitted", "Packets sent again to viewers for their NACKs (direct send path: RTX, or the packet itself)"),
     ("nacks_sent", "NACKs sent to publishers for lost packets"),
     ("ice_restarts", "ICE restarts done through a WHIP/WHEP PATCH"),
     ("events_queue_dropped", "Events lost because the queue to the events connector was full"),

@@ -13,11 +13,14 @@ use str0m::config::DtlsCert;
 use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionMap, RtpWrite, SeqNo, Ssrc};
+use str0m::rtp::{Extension, ExtensionMap, RawPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 
+use crate::direct_send::{DirectSend, DirectTrack, DirectWrite, ExtIds};
+use crate::dtls_keys::{self, KeySlot};
 use crate::packet::{Codec, ForwardedExt, ForwardedPacket, TrackKind};
+use crate::srtp_send::SrtpSendContext;
 use crate::seq_rewrite::{SeqRewriter, Skip};
 
 /// A new session may take this long to connect (ICE + DTLS) before it is dropped.
@@ -103,6 +106,8 @@ pub struct FeedbackDelta {
     pub keyframe_requests_received: u64,
     /// NACKs we sent the peer (a publisher's lost packets).
     pub nacks_sent: u64,
+    /// Packets the direct send path sent again for the viewer's NACKs.
+    pub retransmitted: u64,
 }
 
 /// How often str0m reports per-stream stats (NACK/PLI counts, RTT, loss).
@@ -123,6 +128,33 @@ pub enum WriteSkip {
     NoTrackOfKind,
     CodecNotNegotiated,
     Rewrite(Skip),
+    /// The direct send path could not protect the packet (logged; never expected).
+    Protect,
+}
+
+/// How a session treats viewers (server configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewerOptions {
+    /// Estimate each viewer's bandwidth with transport-wide congestion control (str0m's BWE and pacer).
+    pub bwe: bool,
+    /// Write viewers' media ourselves ([`crate::direct_send`]) instead of through str0m's `write_rtp`. Not
+    /// with `bwe` (str0m's estimator must see what is sent).
+    pub direct_send: bool,
+}
+
+impl Default for ViewerOptions {
+    fn default() -> Self {
+        Self { bwe: false, direct_send: true }
+    }
+}
+
+/// A viewer session's direct send path.
+enum Direct {
+    /// str0m writes the media (publishers, `bwe`, or `direct_send` off).
+    Off,
+    /// The answer names our SSRCs; the keys come with DTLS.
+    Planned { slot: KeySlot, ext: ExtIds, tracks: Vec<DirectTrack> },
+    On(Box<DirectSend>),
 }
 
 struct ViewerTrack {
@@ -168,6 +200,13 @@ pub struct WebRtcSession {
     /// Cumulative NACK/PLI/FIR counts per (mid, direction) at the last stats event: (nacks, plis + firs).
     feedback_seen: Vec<(Mid, bool, u64, u64)>,
     quality: LinkQuality,
+    direct: Direct,
+    /// Datagrams of the direct path, handed out by the next [`poll`](WebRtcSession::poll).
+    direct_out: Vec<Vec<u8>>,
+    /// (local, remote) of str0m's last datagram: where the direct path sends (the ICE path in use).
+    send_path: Option<(SocketAddr, SocketAddr)>,
+    /// str0m had input since it was last polled to its timeout.
+    str0m_dirty: bool,
     /// Viewer: the last bandwidth estimate reported as [`SessionEvent::BitrateEstimate`], and when.
     bitrate_reported: Option<(u64, Instant)>,
 }
@@ -180,8 +219,12 @@ pub struct WebRtcSession {
 /// per viewer, and str0m would stamp and log every packet sent to it for nothing. Without transport-cc a
 /// browser runs its receive-side estimator and sends REMB instead, which is the estimate the bitrate
 /// feedback (`SessionEvent::BitrateEstimate`) forwards to the publisher.
-fn new_rtc(now: Instant, cert: Option<DtlsCert>, role: Role, bwe: bool, h264: Option<H264Format>) -> Rtc {
+fn new_rtc(now: Instant, cert: Option<DtlsCert>, role: Role, bwe: bool, h264: Option<H264Format>, direct: bool) -> Rtc {
     let mut cfg = Rtc::builder().set_rtp_mode(true).set_ice_lite(true).set_stats_interval(Some(STATS_INTERVAL));
+    if direct {
+        // The SRTP keys for our own packets, and the viewer's RTCP about our SSRCs (str0m doesn't know them).
+        cfg = cfg.set_crypto_provider(dtls_keys::crypto_provider()).enable_raw_packets(true);
+    }
     if let Some(f) = h264 {
         let codecs = cfg.codec_config();
         codecs.enable_h264(false);
@@ -376,16 +419,19 @@ impl WebRtcSession {
         offer_sdp: &str,
         candidates: &[SocketAddr],
         cert: Option<DtlsCert>,
-        viewer_bwe: bool,
+        viewer: ViewerOptions,
         room_video: Option<&PayloadParams>,
         now: Instant,
     ) -> Result<(Self, String), SessionError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SessionError::BadSdp(e.to_string()))?;
         // Bandwidth estimation only when asked for and where it can work: a viewer whose client sends
         // transport-wide feedback (REMB from any viewer is an estimate too). It also turns on str0m's pacer.
-        let bwe = viewer_bwe && role == Role::Viewer && offer_sdp.contains("transport-cc");
+        let bwe = viewer.bwe && role == Role::Viewer && offer_sdp.contains("transport-cc");
         let h264 = room_video.filter(|_| role == Role::Viewer).and_then(H264Format::of);
-        let mut rtc = new_rtc(now, cert, role, bwe, h264);
+        let direct = role == Role::Viewer && viewer.direct_send && !bwe;
+        let mut rtc = new_rtc(now, cert, role, bwe, h264, direct);
+        // The DTLS instance is made while the Rtc is built: its key slot is the one created last here.
+        let slot = if direct { dtls_keys::take_created() } else { None };
         let mut added = 0;
         for addr in candidates {
             match Candidate::host(*addr, "udp") {
@@ -447,7 +493,11 @@ impl WebRtcSession {
             }));
         }
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
-        let answer = answer_with_candidates_in_bundle(&answer.to_sdp_string());
+        let mut answer = answer_with_candidates_in_bundle(&answer.to_sdp_string());
+        let direct = match slot {
+            Some(slot) if role == Role::Viewer => plan_direct(&mut rtc, &usable, &mut answer, slot, now),
+            _ => Direct::Off,
+        };
         let remote_ice = offer_ice_credentials(offer_sdp);
         let first_section = first_accepted_section(&answer);
         let mut session = WebRtcSession {
@@ -471,6 +521,10 @@ impl WebRtcSession {
             path_local: None,
             feedback_seen: Vec::new(),
             quality: LinkQuality::default(),
+            direct,
+            direct_out: Vec::new(),
+            send_path: None,
+            str0m_dirty: true,
             bitrate_reported: None,
         };
         match role {
@@ -545,6 +599,7 @@ impl WebRtcSession {
             return Err(TrickleError::Empty(bad_candidate));
         }
         let restart = matches!((&creds, &self.remote_ice), (Some(new), Some(old)) if new != old);
+        self.str0m_dirty = true;
         let mut api = self.rtc.direct_api();
         if restart {
             let local = IceCreds::new();
@@ -599,7 +654,15 @@ impl WebRtcSession {
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn next_timeout(&self) -> Instant {
-        self.next_timeout
+        match &self.direct {
+            Direct::On(d) => d.next_timeout().map_or(self.next_timeout, |t| t.min(self.next_timeout)),
+            _ => self.next_timeout,
+        }
+    }
+
+    /// Whether this viewer's media goes out through the direct send path.
+    pub fn direct_send(&self) -> bool {
+        matches!(self.direct, Direct::On(_))
     }
 
     pub fn set_source(&mut self, source: u64) {
@@ -610,6 +673,7 @@ impl WebRtcSession {
     /// address) and don't end the session; call [`poll`](Self::poll) afterwards.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, local: SocketAddr, buf: &[u8]) -> bool {
         let Ok(recv) = Receive::new(Protocol::Udp, remote, local, buf) else { return false };
+        self.str0m_dirty = true;
         match self.rtc.handle_input(Input::Receive(now, recv)) {
             Ok(()) => {
                 self.path_local = Some(local);
@@ -623,6 +687,17 @@ impl WebRtcSession {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Direct::On(d) = &mut self.direct {
+            d.poll_reports(now, &mut self.direct_out);
+            if now < self.next_timeout {
+                return;
+            }
+        }
+        self.str0m_timeout(now);
+    }
+
+    fn str0m_timeout(&mut self, now: Instant) {
+        self.str0m_dirty = true;
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             tracing::debug!(error = %e, "timeout handling failed; closing session");
             self.rtc.disconnect();
@@ -631,6 +706,7 @@ impl WebRtcSession {
 
     /// Ends the session now.
     pub fn close(&mut self) {
+        self.str0m_dirty = true;
         self.rtc.disconnect();
     }
 
@@ -639,6 +715,16 @@ impl WebRtcSession {
     /// A timeout that is already due is handled right here: str0m's pacer only releases packets written with
     /// `write_rtp` after a timeout, so without this a forwarded packet would wait for the next timer tick.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<SessionEvent>) {
+        // A direct-send viewer's str0m only has work after input or at its deadline, not per packet.
+        if !(self.direct_send() && !self.str0m_dirty && now < self.next_timeout) {
+            self.poll_str0m(now, out);
+        }
+        if let Some((from, to)) = self.send_path {
+            out.extend(self.direct_out.drain(..).map(|data| SessionEvent::Transmit { from, to, data }));
+        }
+    }
+
+    fn poll_str0m(&mut self, now: Instant, out: &mut Vec<SessionEvent>) {
         let mut due_rounds = 0;
         loop {
             if !self.rtc.is_alive() {
@@ -649,12 +735,14 @@ impl WebRtcSession {
                     self.next_timeout = t;
                     if t <= now && due_rounds < 4 {
                         due_rounds += 1;
-                        self.handle_timeout(now);
+                        self.str0m_timeout(now);
                         continue;
                     }
+                    self.str0m_dirty = false;
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
+                    self.send_path = Some((t.source, t.destination));
                     out.push(SessionEvent::Transmit { from: t.source, to: t.destination, data: t.contents.into() })
                 }
                 Ok(Output::Event(ev)) => self.on_event(now, ev, out),
@@ -670,6 +758,9 @@ impl WebRtcSession {
     fn on_event(&mut self, now: Instant, ev: Event, out: &mut Vec<SessionEvent>) {
         match ev {
             Event::Connected => {
+                if !self.start_direct(now) {
+                    return;
+                }
                 self.connected = true;
                 out.push(SessionEvent::Connected);
                 if self.keyframe_wanted {
@@ -704,6 +795,29 @@ impl WebRtcSession {
                 }));
             }
             Event::KeyframeRequest(_) if self.role == Role::Viewer => out.push(SessionEvent::KeyframeRequested),
+            Event::RawPacket(raw) => {
+                if let (RawPacket::RtcpRx(rtcp), Direct::On(d)) = (raw.as_ref(), &mut self.direct) {
+                    let o = d.handle_rtcp(rtcp, now, &mut self.direct_out);
+                    if o.nacks + o.keyframe_requests > 0 {
+                        out.push(SessionEvent::Feedback(FeedbackDelta {
+                            nacks_received: o.nacks,
+                            keyframe_requests_received: o.keyframe_requests,
+                            nacks_sent: 0,
+                            retransmitted: o.retransmitted,
+                        }));
+                    }
+                    if o.keyframe_requests > 0 {
+                        out.push(SessionEvent::KeyframeRequested);
+                    }
+                    if let Some(bps) = o.remb_bps.filter(|b| *b > 0) {
+                        if bitrate_report_due(self.bitrate_reported, bps, now) {
+                            self.bitrate_reported = Some((bps, now));
+                            out.push(SessionEvent::BitrateEstimate(bps));
+                        }
+                    }
+                    self.quality = LinkQuality { rtt: o.rtt.or(self.quality.rtt), loss: o.loss.or(self.quality.loss) };
+                }
+            }
             Event::EgressBitrateEstimate(kind) if self.role == Role::Viewer => {
                 let bps = match kind {
                     BweKind::Twcc { estimate, can_probe: true } => estimate.as_u64(),
@@ -722,7 +836,7 @@ impl WebRtcSession {
                     out.push(SessionEvent::Feedback(FeedbackDelta {
                         nacks_received: nacks,
                         keyframe_requests_received: kf,
-                        nacks_sent: 0,
+                        ..Default::default()
                     }));
                 }
             }
@@ -734,6 +848,30 @@ impl WebRtcSession {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// At DTLS connect: turns a planned direct send path on with the captured keys. False (and the session
+    /// closed) when there are none: the answer named SSRCs only the direct path sends on.
+    fn start_direct(&mut self, now: Instant) -> bool {
+        let Direct::Planned { slot, .. } = &self.direct else { return true };
+        let keys = slot.get().cloned();
+        let Direct::Planned { ext, tracks, .. } = std::mem::replace(&mut self.direct, Direct::Off) else { return true };
+        let ctx = keys.ok_or_else(|| "no SRTP keys were captured".to_string()).and_then(|k| {
+            let profile = k.profile.ok_or_else(|| "unknown SRTP profile".to_string())?;
+            SrtpSendContext::new(&dtls_keys::crypto_provider(), profile, &k.material, k.active).map_err(|e| e.to_string())
+        });
+        match ctx {
+            Ok(ctx) => {
+                tracing::debug!(ufrag = %self.local_ufrag, profile = ?ctx.profile(), "direct send path on");
+                self.direct = Direct::On(Box::new(DirectSend::new(ctx, ext, tracks, now)));
+                true
+            }
+            Err(why) => {
+                tracing::error!(ufrag = %self.local_ufrag, %why, "direct send path can't start; closing the viewer");
+                self.rtc.disconnect();
+                false
+            }
         }
     }
 
@@ -856,6 +994,24 @@ impl WebRtcSession {
             .rewriter
             .rewrite(pkt.source, pkt.seq, pkt.timestamp, pkt.clock_rate, pkt.keyframe_start, now)
             .map_err(WriteSkip::Rewrite)?;
+        if let Direct::On(d) = &mut self.direct {
+            let Some(i) = d.track_index(track.mid) else { return Err(WriteSkip::NoTrackOfKind) };
+            let w = DirectWrite {
+                pt: *out_params.pt(),
+                rtx_pt: out_params.resend().map(|p| *p),
+                seq: rw.seq,
+                timestamp: rw.timestamp,
+                clock_rate: pkt.clock_rate,
+                marker: pkt.marker,
+                ext: pkt.ext,
+                payload: &pkt.payload,
+            };
+            return d.write(i, &w, now, &mut self.direct_out).map_err(|e| {
+                tracing::warn!(ufrag = %self.local_ufrag, error = %e, "direct send: packet not protected");
+                WriteSkip::Protect
+            });
+        }
+        self.str0m_dirty = true;
         let mut api = self.rtc.direct_api();
         let tx = match track.ssrc.and_then(|ssrc| api.stream_tx(&ssrc)) {
             Some(tx) => tx,
@@ -894,6 +1050,97 @@ impl WebRtcSession {
 
 /// Whether a viewer's estimate `bps` is worth reporting after `last`: first one, moved by more than 10 %,
 /// or [`BITRATE_REPORT_INTERVAL`] since the last report.
+/// Plans a viewer's direct send path: our own SSRC (and RTX SSRC) per track, named in `answer` in place of
+/// str0m's, with the header extension ids and CNAMEs the answer gives. `Off` if a track has no str0m send
+/// stream to take the place of (then str0m sends, as without the direct path).
+fn plan_direct(rtc: &mut Rtc, usable: &[(Mid, TrackKind)], answer: &mut String, slot: KeySlot, now: Instant) -> Direct {
+    let mut renames: Vec<(u32, u32)> = Vec::new();
+    let mut planned = Vec::new();
+    let mut api = rtc.direct_api();
+    for (mid, kind) in usable {
+        let Some(tx) = api.stream_tx_by_mid(*mid, None) else {
+            tracing::warn!(%mid, "no send stream for a viewer track: str0m sends this viewer's media");
+            return Direct::Off;
+        };
+        let (ssrc, rtx) = (*tx.ssrc(), tx.rtx().map(|s| *s));
+        let ours = fresh_ssrc(&renames, ssrc);
+        renames.push((ssrc, ours));
+        let ours_rtx = rtx.map(|r| {
+            let n = fresh_ssrc(&renames, r);
+            renames.push((r, n));
+            n
+        });
+        planned.push((*mid, *kind, ours, ours_rtx));
+    }
+    *answer = rename_ssrcs(answer, &renames);
+    let ext = ExtIds::from_sdp(answer);
+    let tracks = planned
+        .into_iter()
+        .map(|(mid, kind, ssrc, rtx)| {
+            let cname = ssrc_cname(answer, ssrc).unwrap_or_else(|| format!("sfumato-{ssrc:08x}"));
+            DirectTrack::new(mid, ssrc, rtx, cname, kind == TrackKind::Video, now)
+        })
+        .collect();
+    Direct::Planned { slot, ext, tracks }
+}
+
+/// A random SSRC that is neither `avoid` nor any SSRC in `taken`.
+fn fresh_ssrc(taken: &[(u32, u32)], avoid: u32) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let mut n = 0u64;
+    loop {
+        let mut h = state.build_hasher();
+        h.write_u64(n);
+        let v = h.finish() as u32;
+        if v != 0 && v != avoid && !taken.iter().any(|(a, b)| *a == v || *b == v) {
+            return v;
+        }
+        n += 1;
+    }
+}
+
+/// `sdp` with the SSRCs of `a=ssrc:` and `a=ssrc-group:` lines renamed by `map` (old, new).
+fn rename_ssrcs(sdp: &str, map: &[(u32, u32)]) -> String {
+    let rename = |tok: &str| -> String {
+        match tok.parse::<u32>().ok().and_then(|v| map.iter().find(|(old, _)| *old == v)) {
+            Some((_, new)) => new.to_string(),
+            None => tok.to_string(),
+        }
+    };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive("\r\n") {
+        let body = line.trim_end_matches("\r\n");
+        if let Some(rest) = body.strip_prefix("a=ssrc:") {
+            let (ssrc, attr) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str("a=ssrc:");
+            out.push_str(&rename(ssrc));
+            if !attr.is_empty() {
+                out.push(' ');
+                out.push_str(attr);
+            }
+        } else if let Some(rest) = body.strip_prefix("a=ssrc-group:") {
+            let mut parts = rest.split(' ');
+            out.push_str("a=ssrc-group:");
+            out.push_str(parts.next().unwrap_or_default());
+            for p in parts {
+                out.push(' ');
+                out.push_str(&rename(p));
+            }
+        } else {
+            out.push_str(body);
+        }
+        out.push_str(&line[body.len()..]);
+    }
+    out
+}
+
+/// The CNAME an SDP gives `ssrc` (`a=ssrc:<ssrc> cname:<name>`).
+fn ssrc_cname(sdp: &str, ssrc: u32) -> Option<String> {
+    let prefix = format!("a=ssrc:{ssrc} cname:");
+    sdp.lines().find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(str::to_string))
+}
+
 fn bitrate_report_due(last: Option<(u64, Instant)>, bps: u64, now: Instant) -> bool {
     match last {
         None => true,
@@ -932,7 +1179,7 @@ mod tests {
 
     fn publisher() -> WebRtcSession {
         let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
-        WebRtcSession::accept(Role::Publisher, OFFER, &[addr], None, false, None, Instant::now()).unwrap().0
+        WebRtcSession::accept(Role::Publisher, OFFER, &[addr], None, ViewerOptions::default(), None, Instant::now()).unwrap().0
     }
 
     #[test]
@@ -1003,7 +1250,44 @@ mod tests {
 
     fn accept_viewer(offer: &str, room_video: Option<&PayloadParams>) -> Result<String, SessionError> {
         let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
-        WebRtcSession::accept(Role::Viewer, offer, &[addr], None, false, room_video, Instant::now()).map(|(_, a)| a)
+        WebRtcSession::accept(Role::Viewer, offer, &[addr], None, ViewerOptions::default(), room_video, Instant::now()).map(|(_, a)| a)
+    }
+
+    #[test]
+    fn direct_viewer_answer_names_our_ssrcs_not_str0ms() {
+        let offer = viewer_offer(BROWSER_H264, true).replace(
+            "a=rtcp-mux\r\n",
+            "a=rtcp-mux\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n",
+        );
+        let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
+        let (mut s, answer) = WebRtcSession::accept(Role::Viewer, &offer, &[addr], None, ViewerOptions::default(), None, Instant::now()).unwrap();
+        let Direct::Planned { tracks, ext, .. } = &s.direct else { panic!("a viewer plans the direct path") };
+        assert_eq!(tracks.len(), 2);
+        assert!(ext.mid.is_some() && ext.abs_send_time.is_some(), "{ext:?}");
+        let named: Vec<u32> = answer.lines().filter_map(|l| l.strip_prefix("a=ssrc:")?.split(' ').next()?.parse().ok()).collect();
+        let ours: Vec<u32> = tracks.iter().flat_map(|t| [Some(t.ssrc), t.rtx_ssrc]).flatten().collect();
+        assert!(!named.is_empty() && named.iter().all(|n| ours.contains(n)), "answer names {named:?}, ours {ours:?}");
+        assert!(tracks.iter().all(|t| ssrc_cname(&answer, t.ssrc).is_some_and(|c| c == t.cname)));
+        let mut api = s.rtc.direct_api();
+        for t in tracks {
+            let theirs = *api.stream_tx_by_mid(t.mid, None).unwrap().ssrc();
+            assert!(!named.contains(&theirs), "str0m's {theirs} is not named");
+        }
+        // bwe, or the option off: str0m sends, its SSRCs are named.
+        for viewer in [ViewerOptions { direct_send: false, ..Default::default() }, ViewerOptions { bwe: true, direct_send: true }] {
+            let offer = offer.replace("a=rtcp-mux\r\n", "a=rtcp-mux\r\na=rtcp-fb:96 transport-cc\r\n");
+            let (s, _) = WebRtcSession::accept(Role::Viewer, &offer, &[addr], None, viewer, None, Instant::now()).unwrap();
+            assert!(matches!(s.direct, Direct::Off), "{viewer:?}");
+        }
+    }
+
+    #[test]
+    fn ssrcs_are_renamed_only_in_ssrc_lines() {
+        let sdp = "m=video 9 UDP 96\r\na=ssrc-group:FID 11 22\r\na=ssrc:11 cname:x\r\na=ssrc:22 msid:a b\r\na=rtpmap:11 x\r\na=ssrc:33 cname:y\r\n";
+        let out = rename_ssrcs(sdp, &[(11, 1001), (22, 1002)]);
+        assert_eq!(out, "m=video 9 UDP 96\r\na=ssrc-group:FID 1001 1002\r\na=ssrc:1001 cname:x\r\na=ssrc:1002 msid:a b\r\na=rtpmap:11 x\r\na=ssrc:33 cname:y\r\n");
+        let fresh = fresh_ssrc(&[(5, 6)], 7);
+        assert!(![0, 5, 6, 7].contains(&fresh));
     }
 
     #[test]
@@ -1050,7 +1334,7 @@ mod tests {
              a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n",
         );
         let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
-        let accept = |bwe| WebRtcSession::accept(Role::Viewer, &offer, &[addr], None, bwe, None, Instant::now()).unwrap().1;
+        let accept = |bwe| WebRtcSession::accept(Role::Viewer, &offer, &[addr], None, ViewerOptions { bwe, ..Default::default() }, None, Instant::now()).unwrap().1;
         let plain = accept(false);
         assert!(!plain.contains("transport-cc") && !plain.contains("transport-wide-cc"), "{plain}");
         assert!(plain.contains("goog-remb"), "REMB stays: {plain}");
@@ -1078,7 +1362,7 @@ mod tests {
     #[test]
     fn garbage_offer_is_bad_sdp() {
         let addr: SocketAddr = "127.0.0.1:10000".parse().unwrap();
-        let err = WebRtcSession::accept(Role::Publisher, "hello", &[addr], None, false, None, Instant::now()).err().unwrap();
+        let err = WebRtcSession::accept(Role::Publisher, "hello", &[addr], None, ViewerOptions::default(), None, Instant::now()).err().unwrap();
         assert!(matches!(err, SessionError::BadSdp(_)), "{err}");
     }
 }

@@ -253,10 +253,25 @@ AUDIO_SOURCES_JS = """() => {
 }"""
 
 
+# What the viewer's RTCP-derived stats say about the server's sender reports, per kind.
+SENDER_REPORTS_JS = """async () => {
+  const s = window.sfumato && window.sfumato.sessions.whep;
+  if (!s) return null;
+  const out = {};
+  (await s.pc.getStats()).forEach((r) => {
+    if (r.type === "remote-outbound-rtp") {
+      out[r.kind] = {packetsSent: r.packetsSent || 0, bytesSent: r.bytesSent || 0, reportsSent: r.reportsSent || 0};
+    }
+  });
+  return out;
+}"""
+
+
 @pytest.mark.timeout(120)
 def test_publisher_audio_level_reaches_browser_viewer(dev_server):
     """Chromium publishes its fake microphone (ssrc-audio-level on every packet); a Chromium viewer's
-    getSynchronizationSources() shows an audio level, i.e. the extension went through the server."""
+    getSynchronizationSources() shows an audio level, i.e. the extension went through the server. The
+    viewer also gets the server's sender reports for both tracks (remote-outbound-rtp stats)."""
     base = dev_server.base_url
 
     async def run():
@@ -277,6 +292,16 @@ def test_publisher_audio_level_reaches_browser_viewer(dev_server):
             assert sources, "the viewer's audio receiver saw no RTP source"
             assert all(src["audioLevel"] is not None for src in sources), f"no audio level forwarded: {sources}"
             assert all(0.0 <= src["audioLevel"] <= 1.0 for src in sources), sources
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                reports = await view.evaluate(SENDER_REPORTS_JS)
+                if reports and all(reports.get(k, {}).get("reportsSent", 0) >= 2 for k in ("audio", "video")):
+                    break
+                await asyncio.sleep(0.25)
+            print(f"viewer remote-outbound-rtp: {reports}")
+            for kind in ("audio", "video"):
+                r = (reports or {}).get(kind)
+                assert r and r["reportsSent"] >= 2 and r["packetsSent"] > 0 and r["bytesSent"] > 0, (kind, reports)
 
     asyncio.run(run())
 

@@ -43,7 +43,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urljoin
 
 import aioice.ice
@@ -380,7 +380,11 @@ def _watch_first_packets(receiver, stats: PlayStats) -> None:
 
 
 async def _post_offer(
-    base_url: str, path: str, pc: RTCPeerConnection, stats: Optional[PlayStats] = None
+    base_url: str,
+    path: str,
+    pc: RTCPeerConnection,
+    stats: Optional[PlayStats] = None,
+    answer_hook: Optional[Callable[[str], str]] = None,
 ) -> tuple[str, str, str]:
     offer = await pc.createOffer()
     await pc.setLocalDescription(offer)  # aiortc completes ICE gathering here
@@ -398,7 +402,8 @@ async def _post_offer(
     ctype = r.headers.get("content-type", "")
     if not ctype.lower().startswith(SDP_CT):
         raise WhipError(r.status_code, f"201 with Content-Type {ctype!r}, want {SDP_CT}", url)
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
+    answer = answer_hook(r.text) if answer_hook else r.text
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     return urljoin(url, loc), r.text, sdp
 
 
@@ -442,11 +447,13 @@ async def play(
     audio: bool = True,
     video: bool = True,
     video_codec: Optional[str] = None,
+    answer_hook: Optional[Callable[[str], str]] = None,
 ) -> Session:
     """WHEP-play /whep/{room} with recvonly audio+video; frames are counted in `.stats`.
 
     By default the offer lists every video codec aiortc can decode (VP8, H264)
-    so the server can pick the one its publisher uses.
+    so the server can pick the one its publisher uses. `answer_hook` may rewrite the answer before aiortc
+    applies it (e.g. to route the media through a test proxy).
     """
     pc = new_pc()
     stats = PlayStats()
@@ -471,7 +478,7 @@ async def play(
         if audio:
             tr = pc.addTransceiver("audio", direction="recvonly")
             tr.setCodecPreferences(codec_preferences("audio", "opus", rtx=False))
-        location, answer, offer = await _post_offer(base_url, f"/whep/{room}", pc, stats)
+        location, answer, offer = await _post_offer(base_url, f"/whep/{room}", pc, stats, answer_hook)
     except BaseException:
         await pc.close()
         for t in tasks:
