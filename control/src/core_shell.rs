@@ -258,7 +258,9 @@ impl CoreShell {
             };
             if !outbox.is_empty() {
                 self.send_datagrams(&outbox).await;
-                outbox.clear();
+                for d in outbox.drain(..) {
+                    sfumato_media::datagram_buffers::give(d.data);
+                }
             }
             *self.spare_outbox.borrow_mut() = outbox;
             if !more {

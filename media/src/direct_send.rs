@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use str0m::media::Mid;
 use str0m::rtp::rtcp::Rtcp;
 
+use crate::datagram_buffers;
 use crate::packet::ForwardedExt;
 use crate::srtp_send::{SrtpError, SrtpSendContext};
 
@@ -31,6 +32,9 @@ const RING: usize = 512;
 const RESEND_GAP: Duration = Duration::from_millis(20);
 /// Sender report interval per track (libwebrtc's for video; audio is the same here, it is cheap).
 pub const SR_INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes a datagram needs beyond its payload: header with extensions (≤ 48), RTX's 2, the SRTP tag (≤ 16;
+/// the counter-mode profile also wants spare room while encrypting).
+const PACKET_SPARE: usize = 96;
 /// Seconds from the NTP epoch (1900) to the Unix epoch.
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
@@ -154,6 +158,7 @@ pub struct DirectSend {
     pub tracks: Vec<DirectTrack>,
     /// Wall clock at `epoch` (abs-send-time and sender report NTP times without a clock call per packet).
     epoch: (Instant, SystemTime),
+    /// A sender report before protection (and, in tests, the last RTP packet's plaintext).
     plain: Vec<u8>,
 }
 
@@ -193,10 +198,12 @@ impl DirectSend {
             n += 1;
         }
         let mid = self.ext.mid.map(|id| (id, track.mid));
-        write_packet(&mut self.plain, w.pt, w.marker, w.seq as u16, w.timestamp, track.ssrc, mid, &exts[..n], &[], w.payload);
-        let header_len = self.plain.len() - w.payload.len();
-        let mut data = Vec::with_capacity(self.plain.len() + self.srtp.profile().rtp_overhead() + 16);
-        self.srtp.protect_rtp(&self.plain, header_len, w.seq, &mut data)?;
+        let mut data = datagram_buffers::take(w.payload.len() + PACKET_SPARE);
+        write_packet(&mut data, w.pt, w.marker, w.seq as u16, w.timestamp, track.ssrc, mid, &exts[..n], &[], w.payload);
+        #[cfg(test)]
+        self.plain.clone_from(&data);
+        let header_len = data.len() - w.payload.len();
+        self.srtp.protect_rtp_in_place(&mut data, header_len, w.seq)?;
         out.push(data);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(w.payload.len() as u32);
@@ -282,10 +289,12 @@ impl DirectSend {
             Some(b) => b,
             None => &[],
         };
-        write_packet(&mut self.plain, pt, sent.marker, seq as u16, sent.ts, ssrc, mid, &exts, prefix, &sent.payload);
-        let header_len = self.plain.len() - sent.payload.len() - prefix.len();
-        let mut data = Vec::with_capacity(self.plain.len() + self.srtp.profile().rtp_overhead() + 16);
-        if self.srtp.protect_rtp(&self.plain, header_len, seq, &mut data).is_err() {
+        let mut data = datagram_buffers::take(sent.payload.len() + PACKET_SPARE);
+        write_packet(&mut data, pt, sent.marker, seq as u16, sent.ts, ssrc, mid, &exts, prefix, &sent.payload);
+        #[cfg(test)]
+        self.plain.clone_from(&data);
+        let header_len = data.len() - sent.payload.len() - prefix.len();
+        if self.srtp.protect_rtp_in_place(&mut data, header_len, seq).is_err() {
             return false;
         }
         out.push(data);

@@ -9,6 +9,7 @@
 //! - [`stun`]: STUN USERNAME parsing to route first packets to their session.
 //! - [`packet`]: the shared forwarded packet.
 
+pub mod datagram_buffers;
 pub mod direct_send;
 pub mod dtls_keys;
 pub mod gop_cache;

@@ -8,15 +8,17 @@
 //! the viewer's packet once and encrypts it here. This module is its first part; it is not on the packet
 //! path yet (what remains is listed in that section of docs/architecture.md).
 //!
-//! The ciphers and the per-packet IV/HMAC layouts are str0m's crypto provider's public building blocks
-//! (`str0m::crypto`), so a packet protected here is what str0m itself would send for the same index.
+//! The IV/HMAC layouts, the counter-mode cipher and the key derivation's AES are str0m's crypto provider's
+//! public building blocks (`str0m::crypto`); the AEAD profiles seal in place with aws-lc-rs (the library
+//! under str0m's default provider) to save a copy per packet. A packet protected here is what str0m itself
+//! would send for the same index.
 //! Tests: known answers computed with libsrtp (pylibsrtp 1.0.0) for all three profiles, and the same packet
 //! protected by str0m after a real DTLS handshake (`dtls_keys` tests).
 
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 use str0m::crypto::dtls::SrtpProfile as DtlsSrtpProfile;
 use str0m::crypto::{
-    AeadAes128Gcm, AeadAes128GcmCipher, AeadAes256Gcm, AeadAes256GcmCipher, Aes128CmSha1_80, Aes128CmSha1_80Cipher,
-    CryptoProvider, Sha1HmacProvider, SrtpProvider,
+    AeadAes128Gcm, AeadAes256Gcm, Aes128CmSha1_80, Aes128CmSha1_80Cipher, CryptoProvider, Sha1HmacProvider, SrtpProvider,
 };
 
 /// RFC 3711 §4.3.1 key derivation labels.
@@ -101,6 +103,8 @@ pub struct SrtpSendContext {
     /// The next SRTCP index (31 bits; libsrtp's first is 1, so is ours).
     srtcp_index: u32,
     hmac: &'static dyn Sha1HmacProvider,
+    /// Counter-mode input copy (that cipher writes to a separate buffer).
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for SrtpSendContext {
@@ -112,8 +116,8 @@ impl std::fmt::Debug for SrtpSendContext {
 /// Session keys of one of RTP or RTCP.
 enum Protection {
     CmSha1 { cipher: Box<dyn Aes128CmSha1_80Cipher>, salt: [u8; 14], auth_key: [u8; 20] },
-    Gcm128 { cipher: Box<dyn AeadAes128GcmCipher>, salt: [u8; 12] },
-    Gcm256 { cipher: Box<dyn AeadAes256GcmCipher>, salt: [u8; 12] },
+    /// AEAD_AES_128_GCM or AEAD_AES_256_GCM (RFC 7714): the same IV layouts, the key's length differs.
+    Gcm { key: LessSafeKey, salt: [u8; 12] },
 }
 
 impl SrtpSendContext {
@@ -131,7 +135,7 @@ impl SrtpSendContext {
         let srtp = crypto.srtp_provider;
         let rtp = Protection::derive(srtp, profile, master, salt, [LABEL_RTP_KEY, LABEL_RTP_AUTH, LABEL_RTP_SALT]);
         let rtcp = Protection::derive(srtp, profile, master, salt, [LABEL_RTCP_KEY, LABEL_RTCP_AUTH, LABEL_RTCP_SALT]);
-        Ok(Self { profile, rtp, rtcp, srtcp_index: 1, hmac: crypto.sha1_hmac_provider })
+        Ok(Self { profile, rtp, rtcp, srtcp_index: 1, hmac: crypto.sha1_hmac_provider, scratch: Vec::new() })
     }
 
     pub fn profile(&self) -> SrtpProfile {
@@ -141,6 +145,14 @@ impl SrtpSendContext {
     /// Protects one RTP packet (`header_len` bytes of header, extensions included, then the payload) with
     /// SRTP index `index` (rollover counter << 16 | sequence number) into `out` (cleared first).
     pub fn protect_rtp(&mut self, packet: &[u8], header_len: usize, index: u64, out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        out.clear();
+        out.extend_from_slice(packet);
+        self.protect_rtp_in_place(out, header_len, index)
+    }
+
+    /// [`protect_rtp`](Self::protect_rtp) on `packet` itself: the payload is encrypted where it is and the tag
+    /// appended (reserve [`SrtpProfile::rtp_overhead`] bytes to avoid a reallocation).
+    pub fn protect_rtp_in_place(&mut self, packet: &mut Vec<u8>, header_len: usize, index: u64) -> Result<(), SrtpError> {
         if packet.len() < header_len || header_len < 12 {
             return Err(SrtpError::Short { len: packet.len(), header: header_len.max(12) });
         }
@@ -149,28 +161,26 @@ impl SrtpSendContext {
             return Err(SrtpError::IndexMismatch { index, seq });
         }
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        let (header, payload) = packet.split_at(header_len);
-        out.clear();
-        out.extend_from_slice(header);
-        let end = header_len + payload.len();
+        let end = packet.len();
         match &mut self.rtp {
             Protection::CmSha1 { cipher, salt, auth_key } => {
                 let iv = Aes128CmSha1_80::rtp_iv(*salt, ssrc, index);
-                out.resize(end + CTR_PADDING.max(Aes128CmSha1_80::HMAC_TAG_LEN), 0);
-                cipher.encrypt(&iv, payload, &mut out[header_len..]).map_err(|e| SrtpError::Cipher(e.to_string()))?;
-                out.truncate(end + Aes128CmSha1_80::HMAC_TAG_LEN);
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&packet[header_len..]);
+                packet.resize(end + CTR_PADDING.max(Aes128CmSha1_80::HMAC_TAG_LEN), 0);
+                cipher.encrypt(&iv, &self.scratch, &mut packet[header_len..]).map_err(|e| SrtpError::Cipher(e.to_string()))?;
+                packet.truncate(end + Aes128CmSha1_80::HMAC_TAG_LEN);
                 let hmac = self.hmac;
-                Aes128CmSha1_80::rtp_hmac(|k, p| hmac.sha1_hmac(k, p), auth_key, out, index, end);
+                Aes128CmSha1_80::rtp_hmac(|k, p| hmac.sha1_hmac(k, p), auth_key, packet, index, end);
             }
-            Protection::Gcm128 { cipher, salt } => {
+            Protection::Gcm { key, salt } => {
+                // RFC 7714 §8.1; AeadAes256Gcm's layout is the same.
                 let iv = AeadAes128Gcm::rtp_iv(*salt, ssrc, (index >> 16) as u32, seq);
-                out.resize(end + AeadAes128Gcm::TAG_LEN, 0);
-                cipher.encrypt(&iv, header, payload, &mut out[header_len..]).map_err(|e| SrtpError::Cipher(e.to_string()))?;
-            }
-            Protection::Gcm256 { cipher, salt } => {
-                let iv = AeadAes256Gcm::rtp_iv(*salt, ssrc, (index >> 16) as u32, seq);
-                out.resize(end + AeadAes256Gcm::TAG_LEN, 0);
-                cipher.encrypt(&iv, header, payload, &mut out[header_len..]).map_err(|e| SrtpError::Cipher(e.to_string()))?;
+                let (header, payload) = packet.split_at_mut(header_len);
+                let tag = key
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&*header), payload)
+                    .map_err(|e| SrtpError::Cipher(e.to_string()))?;
+                packet.extend_from_slice(tag.as_ref());
             }
         }
         Ok(())
@@ -199,18 +209,14 @@ impl SrtpSendContext {
                 let hmac = self.hmac;
                 Aes128CmSha1_80::rtcp_hmac(|k, p| hmac.sha1_hmac(k, p), auth_key, out, end + SRTCP_INDEX_LEN);
             }
-            Protection::Gcm128 { cipher, salt } => {
-                let iv = AeadAes128Gcm::rtcp_iv(*salt, ssrc, index);
-                let aad = rtcp_aad(head, e_index);
-                out.resize(end + AeadAes128Gcm::TAG_LEN, 0);
-                cipher.encrypt(&iv, &aad, body, &mut out[8..]).map_err(|e| SrtpError::Cipher(e.to_string()))?;
-                out.extend_from_slice(&e_index);
-            }
-            Protection::Gcm256 { cipher, salt } => {
+            Protection::Gcm { key, salt } => {
                 let iv = AeadAes256Gcm::rtcp_iv(*salt, ssrc, index);
                 let aad = rtcp_aad(head, e_index);
-                out.resize(end + AeadAes256Gcm::TAG_LEN, 0);
-                cipher.encrypt(&iv, &aad, body, &mut out[8..]).map_err(|e| SrtpError::Cipher(e.to_string()))?;
+                out.extend_from_slice(body);
+                let tag = key
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&aad[..]), &mut out[8..])
+                    .map_err(|e| SrtpError::Cipher(e.to_string()))?;
+                out.extend_from_slice(tag.as_ref());
                 out.extend_from_slice(&e_index);
             }
         }
@@ -239,17 +245,14 @@ impl Protection {
                 let cipher = srtp.aes_128_cm_sha1_80().create_cipher(key, true);
                 Self::CmSha1 { cipher, salt: salt_out, auth_key }
             }
-            SrtpProfile::AeadAes128Gcm => {
-                let (mut key, mut salt_out) = ([0; 16], [0; 12]);
-                kdf(srtp, master, salt, key_label, &mut key);
-                kdf(srtp, master, salt, salt_label, &mut salt_out);
-                Self::Gcm128 { cipher: srtp.aead_aes_128_gcm().create_cipher(key, true), salt: salt_out }
-            }
-            SrtpProfile::AeadAes256Gcm => {
+            SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => {
                 let (mut key, mut salt_out) = ([0; 32], [0; 12]);
-                kdf(srtp, master, salt, key_label, &mut key);
+                let key = &mut key[..profile.key_len()];
+                kdf(srtp, master, salt, key_label, key);
                 kdf(srtp, master, salt, salt_label, &mut salt_out);
-                Self::Gcm256 { cipher: srtp.aead_aes_256_gcm().create_cipher(key, true), salt: salt_out }
+                let alg = if profile == SrtpProfile::AeadAes128Gcm { &AES_128_GCM } else { &AES_256_GCM };
+                let key = LessSafeKey::new(UnboundKey::new(alg, key).expect("a key of the algorithm's length"));
+                Self::Gcm { key, salt: salt_out }
             }
         }
     }
