@@ -203,7 +203,8 @@ pub struct WebRtcSession {
     direct: Direct,
     /// Datagrams of the direct path, handed out by the next [`poll`](WebRtcSession::poll).
     direct_out: Vec<Vec<u8>>,
-    /// (local, remote) of str0m's last datagram: where the direct path sends (the ICE path in use).
+    /// (local, remote) of str0m's last DTLS or RTCP datagram: where the direct path sends (the ICE pair str0m
+    /// nominated for sending; its STUN responses go to whichever pair the client checked).
     send_path: Option<(SocketAddr, SocketAddr)>,
     /// str0m had input since it was last polled to its timeout.
     str0m_dirty: bool,
@@ -742,7 +743,9 @@ impl WebRtcSession {
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
-                    self.send_path = Some((t.source, t.destination));
+                    if on_nominated_path(&t.contents) {
+                        self.send_path = Some((t.source, t.destination));
+                    }
                     out.push(SessionEvent::Transmit { from: t.source, to: t.destination, data: t.contents.into() })
                 }
                 Ok(Output::Event(ev)) => self.on_event(now, ev, out),
@@ -1084,6 +1087,12 @@ fn plan_direct(rtc: &mut Rtc, usable: &[(Mid, TrackKind)], answer: &mut String, 
     Direct::Planned { slot, ext, tracks }
 }
 
+/// Whether str0m sends `datagram` on its nominated pair: DTLS and RTP/RTCP do (RFC 7983: first byte 20..=63
+/// or 128..=191), STUN (0..=3) answers the pair that was checked.
+fn on_nominated_path(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| matches!(b, 20..=63 | 128..=191))
+}
+
 /// A random SSRC that is neither `avoid` nor any SSRC in `taken`.
 fn fresh_ssrc(taken: &[(u32, u32)], avoid: u32) -> u32 {
     use std::hash::{BuildHasher, Hasher};
@@ -1279,6 +1288,15 @@ mod tests {
             let (s, _) = WebRtcSession::accept(Role::Viewer, &offer, &[addr], None, viewer, None, Instant::now()).unwrap();
             assert!(matches!(s.direct, Direct::Off), "{viewer:?}");
         }
+    }
+
+    #[test]
+    fn only_dtls_and_srtp_transmits_set_the_direct_path() {
+        assert!(on_nominated_path(&[22, 254, 253])); // DTLS handshake
+        assert!(on_nominated_path(&[0x80, 200])); // SRTCP sender report
+        assert!(!on_nominated_path(&[0x01, 0x01, 0, 0])); // STUN binding response
+        assert!(!on_nominated_path(&[]));
+        assert!(!on_nominated_path(&[64]));
     }
 
     #[test]
