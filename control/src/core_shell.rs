@@ -39,7 +39,10 @@ const POLL_CHUNK: usize = 16;
 /// Bounds of the timer task's sleep. str0m's deadlines of 50 viewers fall a few ms apart, so waking for each
 /// cost ~120 reactor park/unpark cycles a second; instead, due timeouts are also served after every burst of
 /// datagrams (`udp_loop`), and the timer only catches what no datagram woke the core for: at most 20 ms late
-/// (str0m's tightest periodic work, TWCC feedback and NACKs, runs every 50 and 33 ms).
+/// (str0m's tightest periodic work, TWCC feedback and NACKs, runs every 50 and 33 ms). While datagrams keep
+/// coming (one drove the timeouts in the last [`TICK_MIN`]) the timer sleeps [`TICK_MAX`] — each of its
+/// wake-ups is another park/unpark — so a deadline is at most 50 ms late if the datagrams then stop.
+/// Fan-out 50 on one core, five interleaved pairs: parks 182 → 145/s, 3405 → 3240 ns per packet.
 const TICK_MIN: Duration = Duration::from_millis(20);
 const TICK_MAX: Duration = Duration::from_millis(50);
 
@@ -78,6 +81,8 @@ pub struct CoreShell {
     gso: RefCell<Vec<Option<GsoSender>>>,
     /// `sfumato media`: this core's end of the cluster rings (`cluster_shell.rs`), set once at startup.
     pub cluster: OnceCell<Weak<crate::cluster_shell::ClusterPort>>,
+    /// When a datagram wake-up last drove the due timeouts.
+    timeouts_driven: Cell<Instant>,
 }
 
 impl CoreShell {
@@ -102,6 +107,7 @@ impl CoreShell {
             spare_outbox: RefCell::new(Vec::new()),
             gso,
             cluster: OnceCell::new(),
+            timeouts_driven: Cell::new(Instant::now()),
         })
     }
 
@@ -159,10 +165,7 @@ impl CoreShell {
                         }
                     }
                     self.flush().await;
-                    // After the media left: timeouts that fell due meanwhile ride on this wake-up.
-                    if self.state.borrow_mut().run_due_timeouts(Instant::now()) {
-                        self.flush().await;
-                    }
+                    self.drive_due_timeouts().await;
                 }
                 Err(e) => {
                     tracing::warn!(core = self.core(), %local, error = %e, "udp receive failed");
@@ -210,6 +213,15 @@ impl CoreShell {
         }
     }
 
+    /// After a wake-up's media left: the timeouts that fell due meanwhile ride on this wake-up.
+    async fn drive_due_timeouts(&self) {
+        let now = Instant::now();
+        if self.state.borrow_mut().run_due_timeouts(now) {
+            self.flush().await;
+        }
+        self.timeouts_driven.set(now);
+    }
+
     async fn timer_loop(self: Rc<Self>) {
         loop {
             let now = Instant::now();
@@ -221,10 +233,12 @@ impl CoreShell {
                 load.media_bytes.store(st.stats.udp_bytes_in + st.stats.udp_bytes_out, Ordering::Relaxed);
             }
             self.flush().await;
-            let wait = next
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(TICK_MAX)
-                .clamp(TICK_MIN, TICK_MAX);
+            let now = Instant::now();
+            let wait = if now.saturating_duration_since(self.timeouts_driven.get()) < TICK_MIN {
+                TICK_MAX
+            } else {
+                next.map(|t| t.saturating_duration_since(now)).unwrap_or(TICK_MAX).clamp(TICK_MIN, TICK_MAX)
+            };
             glommio::timer::sleep(wait).await;
         }
     }
