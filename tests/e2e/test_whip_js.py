@@ -29,6 +29,7 @@ from test_browser import chromium, new_page
 from webrtc_clients import delete, play, publish, wait_sessions
 
 WHIP_JS = Path(__file__).parent / "js" / "node_modules" / "whip-whep" / "whip.js"
+WHEP_JS = WHIP_JS.with_name("whep.js")
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>whip-whep publisher</title>
 <script type="module">
@@ -68,6 +69,37 @@ window.ready = true;
 </script>"""
 
 
+# A WHEP viewer page on the same package's WHEPClient: plays, restarts ICE over PATCH.
+WHEP_PAGE = """<!doctype html><meta charset="utf-8"><title>whip-whep viewer</title>
+<script type="module">
+import { WHEPClient } from "./whep.js";
+window.patches = [];
+const realFetch = window.fetch.bind(window);
+window.fetch = async (url, opts = {}) => {
+  const r = await realFetch(url, opts);
+  if (opts.method === "PATCH") window.patches.push({ status: r.status, ifMatch: (opts.headers || {})["If-Match"] || null });
+  return r;
+};
+window.startView = async (url) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const client = new WHEPClient();
+  window.client = client;
+  window.pc = pc;
+  await client.view(pc, url);
+  return client.resourceURL.toString();
+};
+window.framesDecoded = async () => {
+  let n = 0;
+  (await window.pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") n = r.framesDecoded || 0; });
+  return n;
+};
+window.remoteUfrag = () => ((window.pc.currentRemoteDescription || {}).sdp || "").match(/a=ice-ufrag:(.*)\\r\\n/)?.[1] || null;
+window.ready = true;
+</script>"""
+
+
 @pytest.fixture
 def js_origin():
     """The page + whip.js, served from another origin than sfumato."""
@@ -75,7 +107,9 @@ def js_origin():
         pytest.fail(f"{WHIP_JS} missing: run scripts/test.sh (npm ci in tests/e2e/js)", pytrace=False)
     root = Path(tempfile.mkdtemp(prefix="sfumato-whipjs-"))
     shutil.copy(WHIP_JS, root / "whip.js")
+    shutil.copy(WHEP_JS, root / "whep.js")
     (root / "index.html").write_text(PAGE)
+    (root / "viewer.html").write_text(WHEP_PAGE)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -163,6 +197,54 @@ def test_whip_whep_js_trickles_and_restarts_ice(server, js_origin):
                 await viewer.close()
             await page.evaluate("window.client.stop()")
             await wait_sessions(base, 0, timeout=10)
+
+    asyncio.run(run())
+
+
+@pytest.mark.timeout(120)
+def test_whep_js_viewer_restarts_ice_and_keeps_playing(server, js_origin):
+    """The package's WHEPClient in Chromium plays an aiortc publisher, restarts ICE (PATCH, If-Match: *), and
+    keeps decoding: the viewer's media (sfumato's direct send path) follows the restarted ICE session."""
+    base = server.base_url
+    room = "whepjs-restart"
+
+    async def run():
+        pub = await publish(base, room)
+        try:
+            await pub.wait_connected(10)
+            async with chromium() as browser:
+                page = await new_page(browser, "whep.js")
+                await page.goto(f"{js_origin}/viewer.html")
+                await wait_for(page, "window.ready === true", "page module loaded")
+                resource = await page.evaluate("(u) => window.startView(u)", f"{base}/whep/{room}")
+                assert resource.startswith(f"{base}/whep/conn/"), resource
+                await wait_for(page, "window.pc.connectionState === 'connected'", "viewer connected")
+                await wait_for(page, "window.framesDecoded().then((n) => n > 10)", "frames before the restart")
+                ufrag = await page.evaluate("window.remoteUfrag()")
+
+                n = len(await page.evaluate("window.patches"))
+                await page.evaluate("window.client.restart()")
+                restart = await wait_for(
+                    page, f"window.patches.length > {n} && window.patches.find((p, i) => i >= {n} && p.ifMatch === '*')",
+                    "the ICE restart PATCH",
+                )
+                assert restart["status"] == 200, restart
+                assert server.health()["stats"]["ice_restarts"] == 1
+                await wait_for(
+                    page, f"window.pc.iceConnectionState === 'connected' && window.remoteUfrag() !== {ufrag!r}",
+                    "the viewer's ICE on the server's new credentials",
+                )
+                frames = await page.evaluate("window.framesDecoded()")
+                await asyncio.sleep(3)
+                after = await page.evaluate("window.framesDecoded()")
+                print(f"frames decoded: {frames} -> {after} in 3 s after the restart")
+                assert after - frames >= 60, (frames, after)  # the publisher sends 30 fps
+                assert server.health()["viewers"] == 1
+                await page.evaluate("window.client.stop()")
+        finally:
+            await delete(base, pub.location)
+            await pub.close()
+        await wait_sessions(base, 0, timeout=10)
 
     asyncio.run(run())
 
