@@ -89,8 +89,8 @@ pub struct DirectTrack {
     /// Video: the last [`RING`] packets by sequence number.
     ring: Vec<Option<Sent>>,
     next_sr: Instant,
-    /// Middle 32 bits of the last SR's NTP time and when it was sent (RTT from receiver reports).
-    last_sr: Option<(u32, Instant)>,
+    /// Middle 32 bits of the last SR's NTP time (receiver reports echo it: RTT).
+    last_sr: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,24 +182,10 @@ impl DirectSend {
     pub fn write(&mut self, i: usize, w: &DirectWrite<'_>, now: Instant, out: &mut Vec<Vec<u8>>) -> Result<(), SrtpError> {
         let unix = self.unix_at(now);
         let Some(track) = self.tracks.get_mut(i) else { return Ok(()) };
-        let mut exts: [(u8, [u8; 3], usize); 4] = [(0, [0; 3], 0); 4];
-        let mut n = 0;
-        if let Some(id) = self.ext.abs_send_time {
-            exts[n] = (id, abs_send_time(unix), 3);
-            n += 1;
-        }
-        if let (Some(id), Some(level)) = (self.ext.audio_level, w.ext.audio_level) {
-            let v = u8::from(w.ext.voice_activity == Some(true)) << 7 | (level.unsigned_abs() & 0x7f);
-            exts[n] = (id, [v, 0, 0], 1);
-            n += 1;
-        }
-        if let (Some(id), Some(o)) = (self.ext.video_orientation, w.ext.video_orientation) {
-            exts[n] = (id, [o as u8, 0, 0], 1);
-            n += 1;
-        }
+        let exts = HeaderExts::new(&self.ext, unix, Some(&w.ext));
         let mid = self.ext.mid.map(|id| (id, track.mid));
         let mut data = datagram_buffers::take(w.payload.len() + PACKET_SPARE);
-        write_packet(&mut data, w.pt, w.marker, w.seq as u16, w.timestamp, track.ssrc, mid, &exts[..n], &[], w.payload);
+        write_packet(&mut data, w.pt, w.marker, w.seq as u16, w.timestamp, track.ssrc, mid, exts.as_slice(), &[], w.payload);
         #[cfg(test)]
         self.plain.clone_from(&data);
         let header_len = data.len() - w.payload.len();
@@ -245,7 +231,7 @@ impl DirectSend {
                 for r in rr.reports.iter() {
                     let Some(t) = self.tracks.iter().find(|t| t.ssrc == *r.ssrc) else { continue };
                     o.loss = Some(f32::from(r.fraction_lost) / 256.0);
-                    if r.last_sr_time != 0 && t.last_sr.is_some_and(|(m, _)| m == r.last_sr_time) {
+                    if r.last_sr_time != 0 && t.last_sr == Some(r.last_sr_time) {
                         let units = ntp_mid_now.wrapping_sub(r.last_sr_time).wrapping_sub(r.last_sr_delay);
                         if units < 0x8000_0000 {
                             o.rtt = Some(Duration::from_micros(u64::from(units) * 1_000_000 / 65_536));
@@ -269,7 +255,6 @@ impl DirectSend {
         sent.resent_at = Some(now);
         let sent = sent.clone();
         let mid = self.ext.mid.map(|id| (id, track.mid));
-        let abs = self.ext.abs_send_time.map(|id| (id, abs_send_time(unix), 3));
         let (ssrc, seq, pt, osn) = match (sent.rtx_pt, track.rtx_ssrc) {
             (Some(rtx_pt), Some(rtx_ssrc)) => {
                 let s = track.rtx_seq;
@@ -279,18 +264,14 @@ impl DirectSend {
             // No RTX negotiated: the same packet again (same index, so the same ciphertext).
             _ => (track.ssrc, sent.seq, sent.pt, None),
         };
-        let mut exts: Vec<(u8, [u8; 3], usize)> = abs.into_iter().collect();
-        if osn.is_none() {
-            if let (Some(id), Some(o)) = (self.ext.video_orientation, sent.ext.video_orientation) {
-                exts.push((id, [o as u8, 0, 0], 1));
-            }
-        }
+        // RTX carries no media-level extensions; the packet sent again carries what it had.
+        let exts = HeaderExts::new(&self.ext, unix, osn.is_none().then_some(&sent.ext));
         let prefix: &[u8] = match &osn {
             Some(b) => b,
             None => &[],
         };
         let mut data = datagram_buffers::take(sent.payload.len() + PACKET_SPARE);
-        write_packet(&mut data, pt, sent.marker, seq as u16, sent.ts, ssrc, mid, &exts, prefix, &sent.payload);
+        write_packet(&mut data, pt, sent.marker, seq as u16, sent.ts, ssrc, mid, exts.as_slice(), prefix, &sent.payload);
         #[cfg(test)]
         self.plain.clone_from(&data);
         let header_len = data.len() - sent.payload.len() - prefix.len();
@@ -314,7 +295,7 @@ impl DirectSend {
             let elapsed = now.saturating_duration_since(at);
             let rtp_now = ts.wrapping_add((elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u32);
             let (secs, frac) = ntp(unix);
-            t.last_sr = Some((((secs as u32) << 16) | (frac >> 16), now));
+            t.last_sr = Some(ntp_middle(unix));
             self.plain.clear();
             // SR: V=2, RC=0, PT=200, length 6 words - 1.
             self.plain.extend_from_slice(&[0x80, 200, 0, 6]);
@@ -374,6 +355,41 @@ fn abs_send_time(unix: Duration) -> [u8; 3] {
     let v = ((unix.as_secs() & 0x3f) << 18) | ((u64::from(unix.subsec_nanos()) << 18) / 1_000_000_000);
     let b = (v as u32).to_be_bytes();
     [b[1], b[2], b[3]]
+}
+
+/// A packet's one-byte header extensions besides the MID: (id, value, length).
+struct HeaderExts {
+    items: [(u8, [u8; 3], usize); 3],
+    len: usize,
+}
+
+impl HeaderExts {
+    /// abs-send-time, and with `forwarded` (media, not RTX) the publisher's audio level and video orientation;
+    /// each only if the viewer negotiated it.
+    fn new(ids: &ExtIds, unix: Duration, forwarded: Option<&ForwardedExt>) -> Self {
+        let mut h = Self { items: [(0, [0; 3], 0); 3], len: 0 };
+        let mut push = |id: Option<u8>, value: [u8; 3], len: usize| {
+            if let Some(id) = id {
+                h.items[h.len] = (id, value, len);
+                h.len += 1;
+            }
+        };
+        push(ids.abs_send_time, abs_send_time(unix), 3);
+        if let Some(f) = forwarded {
+            if let Some(level) = f.audio_level {
+                let v = u8::from(f.voice_activity == Some(true)) << 7 | (level.unsigned_abs() & 0x7f);
+                push(ids.audio_level, [v, 0, 0], 1);
+            }
+            if let Some(o) = f.video_orientation {
+                push(ids.video_orientation, [o as u8, 0, 0], 1);
+            }
+        }
+        h
+    }
+
+    fn as_slice(&self) -> &[(u8, [u8; 3], usize)] {
+        &self.items[..self.len]
+    }
 }
 
 /// An RTP packet in `buf` (cleared): fixed header, one-byte header extensions (the MID first), `prefix`
@@ -589,7 +605,7 @@ mod tests {
         assert_eq!(d.next_timeout(), Some(later + SR_INTERVAL));
 
         // The receiver report echoes the SR's NTP middle 32 bits; 10 ms later with 5 ms of its own delay.
-        let lsr = d.tracks[0].last_sr.unwrap().0;
+        let lsr = d.tracks[0].last_sr.unwrap();
         let rr = Rtcp::ReceiverReport(ReceiverReport {
             sender_ssrc: 1.into(),
             reports: ReceptionReport {

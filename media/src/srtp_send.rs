@@ -1,6 +1,6 @@
 //! SRTP for packets sfumato writes itself: the session keys of our direction, derived from a DTLS-SRTP
 //! connection's keying material (RFC 5764 §4.2; the RFC 3711 §4.3 key derivation; RFC 7714 for the AEAD
-//! profiles), and `protect_rtp` / `protect_rtcp`.
+//! profiles), and `protect_rtp_in_place` / `protect_rtcp`.
 //!
 //! Why it exists: str0m encrypts everything it sends, but each forwarded packet then also goes through its
 //! send queue, pacer snapshot, RTX cache and output copies — a measured ~0.8 µs of the ~4.3 µs a forwarded
@@ -62,6 +62,7 @@ impl SrtpProfile {
     }
 
     /// Bytes an RTP packet grows by (authentication tag).
+    #[cfg(test)]
     pub fn rtp_overhead(self) -> usize {
         match self {
             Self::Aes128CmSha1_80 => Aes128CmSha1_80::HMAC_TAG_LEN,
@@ -133,8 +134,8 @@ impl SrtpSendContext {
         let master = &material[key_at..key_at + kl];
         let salt = &material[salt_at..salt_at + sl];
         let srtp = crypto.srtp_provider;
-        let rtp = Protection::derive(srtp, profile, master, salt, [LABEL_RTP_KEY, LABEL_RTP_AUTH, LABEL_RTP_SALT]);
-        let rtcp = Protection::derive(srtp, profile, master, salt, [LABEL_RTCP_KEY, LABEL_RTCP_AUTH, LABEL_RTCP_SALT]);
+        let rtp = Protection::derive(srtp, profile, master, salt, [LABEL_RTP_KEY, LABEL_RTP_AUTH, LABEL_RTP_SALT])?;
+        let rtcp = Protection::derive(srtp, profile, master, salt, [LABEL_RTCP_KEY, LABEL_RTCP_AUTH, LABEL_RTCP_SALT])?;
         Ok(Self { profile, rtp, rtcp, srtcp_index: 1, hmac: crypto.sha1_hmac_provider, scratch: Vec::new() })
     }
 
@@ -143,15 +144,18 @@ impl SrtpSendContext {
     }
 
     /// Protects one RTP packet (`header_len` bytes of header, extensions included, then the payload) with
-    /// SRTP index `index` (rollover counter << 16 | sequence number) into `out` (cleared first).
+    /// SRTP index `index` (rollover counter << 16 | sequence number) into `out` (cleared first). The packet
+    /// path protects in place; this copying form is for comparisons in tests.
+    #[cfg(test)]
     pub fn protect_rtp(&mut self, packet: &[u8], header_len: usize, index: u64, out: &mut Vec<u8>) -> Result<(), SrtpError> {
         out.clear();
         out.extend_from_slice(packet);
         self.protect_rtp_in_place(out, header_len, index)
     }
 
-    /// [`protect_rtp`](Self::protect_rtp) on `packet` itself: the payload is encrypted where it is and the tag
-    /// appended (reserve [`SrtpProfile::rtp_overhead`] bytes to avoid a reallocation).
+    /// Protects one RTP packet (`header_len` bytes of header, extensions included, then the payload) with SRTP
+    /// index `index` (rollover counter << 16 | sequence number) where it is: the payload is encrypted in place
+    /// and the tag appended (reserve 16 bytes, and a few more for counter mode, to avoid a reallocation).
     pub fn protect_rtp_in_place(&mut self, packet: &mut Vec<u8>, header_len: usize, index: u64) -> Result<(), SrtpError> {
         if packet.len() < header_len || header_len < 12 {
             return Err(SrtpError::Short { len: packet.len(), header: header_len.max(12) });
@@ -234,7 +238,7 @@ fn rtcp_aad(head: &[u8], e_index: [u8; 4]) -> [u8; 12] {
 
 impl Protection {
     /// Session keys for one of RTP/RTCP, `labels` = (cipher key, auth key, salt).
-    fn derive(srtp: &dyn SrtpProvider, profile: SrtpProfile, master: &[u8], salt: &[u8], labels: [u8; 3]) -> Self {
+    fn derive(srtp: &dyn SrtpProvider, profile: SrtpProfile, master: &[u8], salt: &[u8], labels: [u8; 3]) -> Result<Self, SrtpError> {
         let [key_label, auth_label, salt_label] = labels;
         match profile {
             SrtpProfile::Aes128CmSha1_80 => {
@@ -243,7 +247,7 @@ impl Protection {
                 kdf(srtp, master, salt, auth_label, &mut auth_key);
                 kdf(srtp, master, salt, salt_label, &mut salt_out);
                 let cipher = srtp.aes_128_cm_sha1_80().create_cipher(key, true);
-                Self::CmSha1 { cipher, salt: salt_out, auth_key }
+                Ok(Self::CmSha1 { cipher, salt: salt_out, auth_key })
             }
             SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => {
                 let (mut key, mut salt_out) = ([0; 32], [0; 12]);
@@ -251,8 +255,8 @@ impl Protection {
                 kdf(srtp, master, salt, key_label, key);
                 kdf(srtp, master, salt, salt_label, &mut salt_out);
                 let alg = if profile == SrtpProfile::AeadAes128Gcm { &AES_128_GCM } else { &AES_256_GCM };
-                let key = LessSafeKey::new(UnboundKey::new(alg, key).expect("a key of the algorithm's length"));
-                Self::Gcm { key, salt: salt_out }
+                let key = UnboundKey::new(alg, key).map_err(|e| SrtpError::Cipher(e.to_string()))?;
+                Ok(Self::Gcm { key: LessSafeKey::new(key), salt: salt_out })
             }
         }
     }

@@ -857,10 +857,14 @@ impl WebRtcSession {
     /// At DTLS connect: turns a planned direct send path on with the captured keys. False (and the session
     /// closed) when there are none: the answer named SSRCs only the direct path sends on.
     fn start_direct(&mut self, now: Instant) -> bool {
-        let Direct::Planned { slot, .. } = &self.direct else { return true };
-        let keys = slot.get().cloned();
-        let Direct::Planned { ext, tracks, .. } = std::mem::replace(&mut self.direct, Direct::Off) else { return true };
-        let ctx = keys.ok_or_else(|| "no SRTP keys were captured".to_string()).and_then(|k| {
+        let (slot, ext, tracks) = match std::mem::replace(&mut self.direct, Direct::Off) {
+            Direct::Planned { slot, ext, tracks } => (slot, ext, tracks),
+            other => {
+                self.direct = other;
+                return true;
+            }
+        };
+        let ctx = slot.get().cloned().ok_or_else(|| "no SRTP keys were captured".to_string()).and_then(|k| {
             let profile = k.profile.ok_or_else(|| "unknown SRTP profile".to_string())?;
             SrtpSendContext::new(&dtls_keys::crypto_provider(), profile, &k.material, k.active).map_err(|e| e.to_string())
         });

@@ -31,10 +31,8 @@ from webrtc_clients import delete, play, publish, wait_sessions
 WHIP_JS = Path(__file__).parent / "js" / "node_modules" / "whip-whep" / "whip.js"
 WHEP_JS = WHIP_JS.with_name("whep.js")
 
-PAGE = """<!doctype html><meta charset="utf-8"><title>whip-whep publisher</title>
-<script type="module">
-import { WHIPClient } from "./whip.js";
-window.patches = [];
+# Every PATCH the page's client sends, with the server's answer (window.patches).
+RECORD_PATCHES = """window.patches = [];
 const realFetch = window.fetch.bind(window);
 window.fetch = async (url, opts = {}) => {
   const r = await realFetch(url, opts);
@@ -45,7 +43,12 @@ window.fetch = async (url, opts = {}) => {
   }
   return r;
 };
-window.startPublish = async (url) => {
+"""
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>whip-whep publisher</title>
+<script type="module">
+import { WHIPClient } from "./whip.js";
+""" + RECORD_PATCHES + """window.startPublish = async (url) => {
   const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
   const pc = new RTCPeerConnection();
   for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: "sendonly" });
@@ -73,14 +76,7 @@ window.ready = true;
 WHEP_PAGE = """<!doctype html><meta charset="utf-8"><title>whip-whep viewer</title>
 <script type="module">
 import { WHEPClient } from "./whep.js";
-window.patches = [];
-const realFetch = window.fetch.bind(window);
-window.fetch = async (url, opts = {}) => {
-  const r = await realFetch(url, opts);
-  if (opts.method === "PATCH") window.patches.push({ status: r.status, ifMatch: (opts.headers || {})["If-Match"] || null });
-  return r;
-};
-window.startView = async (url) => {
+""" + RECORD_PATCHES + """window.startView = async (url) => {
   const pc = new RTCPeerConnection();
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.addTransceiver("audio", { direction: "recvonly" });
