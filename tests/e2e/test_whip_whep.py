@@ -205,3 +205,55 @@ def test_late_viewer_gets_video_quickly(server, codec):
         await teardown_sessions(base, viewer, pub)
 
     asyncio.run(run())
+
+
+def video_ssrc(answer: str) -> int:
+    """The first SSRC the answer's video section names (the one the server sends video on)."""
+    video = answer.split("m=video", 1)[1].split("\r\nm=", 1)[0]
+    for line in video.split("\r\n"):
+        if line.startswith("a=ssrc:"):
+            return int(line[len("a=ssrc:"):].split(" ", 1)[0])
+    raise AssertionError(f"no a=ssrc in the answer's video section:\n{answer}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "send_path",
+    ["direct", pytest.param("str0m", marks=pytest.mark.server_args("--str0m-send"))],
+)
+def test_viewer_pli_reaches_the_publisher(server, send_path):
+    """aiortc's RTCP stack sends a PLI for the video SSRC the WHEP answer named; the server counts it and asks the
+    publisher for a keyframe — on the direct send path its own RTCP reading does this, not str0m's."""
+    base = server.base_url
+    room = f"pli-{send_path}"
+
+    async def run():
+        pub = await publish(base, room)
+        await pub.wait_connected(10)
+        viewer = await play(base, room)
+        try:
+            await viewer.wait_connected(10)
+            await viewer.stats.wait_video_frames(5, timeout=10)
+            await asyncio.sleep(1.0)  # past the publisher-side PLI throttle (500 ms) of the join's request
+            before = (await healthz(base))["stats"]
+            receiver = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "video")
+            # aiortc builds and SRTCP-protects the PLI itself (its private sender of PLIs, as its jitter buffer uses).
+            await receiver._send_rtcp_pli(video_ssrc(viewer.answer))
+            deadline = time.monotonic() + 5
+            while True:
+                after = (await healthz(base))["stats"]
+                got = after["keyframe_requests_received"] - before["keyframe_requests_received"]
+                asked = after["keyframe_requests"] - before["keyframe_requests"]
+                if (got >= 1 and asked >= 1) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            print(f"{send_path}: PLIs received from the viewer +{got}, keyframe requests to the publisher +{asked}")
+            assert got >= 1, (before, after)
+            assert asked >= 1, (before, after)
+        finally:
+            for s in (viewer, pub):
+                await delete(base, s.location)
+                await s.close()
+        await wait_sessions(base, 0, timeout=10)
+
+    asyncio.run(run())
