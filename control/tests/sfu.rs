@@ -296,6 +296,33 @@ fn publisher_header_extensions_reach_viewers() {
     drop(publisher);
 }
 
+/// A viewer hears sender reports (for lip sync and its RTT) about the streams it receives, and about
+/// nothing else: str0m's reports for its own send streams, whose SSRCs the direct send path renamed out of
+/// the answer, are not sent (they cost a datagram each and name SSRCs the viewer never sees).
+#[test]
+fn viewers_get_sender_reports_only_for_their_streams() {
+    let _machine = MACHINE.read().unwrap_or_else(|e| e.into_inner());
+    let srv = Server::start("sr");
+    let h = Harness::new(&srv.base, 1).expect("harness");
+    let publisher = h.publish("sr", publisher_cfg()).expect("publish");
+    let viewers: Vec<Session> = (0..2).map(|_| h.view("sr").expect("view")).collect();
+    // Sender reports go out once a second per stream: wait for two rounds of both streams.
+    wait(Duration::from_secs(15), "viewers to get audio, video and sender reports", || {
+        viewers.iter().all(|v| {
+            let st = v.peer.stats();
+            st.rtp_ssrcs.len() >= 2 && st.rtp_ssrcs.iter().all(|s| st.rtcp_senders.iter().any(|(r, n)| r == s && *n >= 2))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, v) in viewers.iter().enumerate() {
+        let st = v.peer.stats();
+        eprintln!("sr: viewer {i} rtp from {:x?}, rtcp from {:x?}", st.rtp_ssrcs, st.rtcp_senders);
+        let strangers: Vec<_> = st.rtcp_senders.iter().filter(|(s, _)| !st.rtp_ssrcs.contains(s)).collect();
+        assert!(strangers.is_empty(), "viewer {i} got RTCP from SSRCs it receives no media from: {strangers:x?}");
+    }
+    drop(publisher);
+}
+
 #[test]
 fn republish_is_picked_up_by_existing_viewers() {
     let _machine = MACHINE.read().unwrap_or_else(|e| e.into_inner());

@@ -746,6 +746,12 @@ impl WebRtcSession {
                     if on_nominated_path(&t.contents) {
                         self.send_path = Some((t.source, t.destination));
                     }
+                    // A direct viewer's RTCP comes from DirectSend; str0m's own (sender reports of the streams
+                    // renamed out of the answer) would only tell the viewer about SSRCs it never sees, at the
+                    // price of a datagram each. They still showed where to send, just above.
+                    if self.direct_send() && is_rtcp(&t.contents) {
+                        continue;
+                    }
                     out.push(SessionEvent::Transmit { from: t.source, to: t.destination, data: t.contents.into() })
                 }
                 Ok(Output::Event(ev)) => self.on_event(now, ev, out),
@@ -1097,6 +1103,11 @@ fn on_nominated_path(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| matches!(b, 20..=63 | 128..=191))
 }
 
+/// Whether `datagram` is (S)RTCP: RFC 5761 §4, packet types 192..=223 after an RTP-range first byte.
+fn is_rtcp(datagram: &[u8]) -> bool {
+    datagram.len() >= 2 && matches!(datagram[0], 128..=191) && matches!(datagram[1], 192..=223)
+}
+
 /// A random SSRC that is neither `avoid` nor any SSRC in `taken`.
 fn fresh_ssrc(taken: &[(u32, u32)], avoid: u32) -> u32 {
     use std::hash::{BuildHasher, Hasher};
@@ -1301,6 +1312,8 @@ mod tests {
         assert!(!on_nominated_path(&[0x01, 0x01, 0, 0])); // STUN binding response
         assert!(!on_nominated_path(&[]));
         assert!(!on_nominated_path(&[64]));
+        assert!(is_rtcp(&[0x80, 200, 0, 6]) && is_rtcp(&[0x81, 201]));
+        assert!(!is_rtcp(&[0x80, 96]) && !is_rtcp(&[0x80, 0xe0]) && !is_rtcp(&[22, 254]) && !is_rtcp(&[0x80]));
     }
 
     #[test]

@@ -412,6 +412,9 @@ impl Peer {
                 let arrived = probe::ns_since_epoch(pkt.timestamp);
                 let mut st = self.shared.stats();
                 st.ext.record(&pkt.header.ext_vals);
+                if !st.rtp_ssrcs.contains(&*pkt.header.ssrc) {
+                    st.rtp_ssrcs.push(*pkt.header.ssrc);
+                }
                 match probe::parse(&pkt.payload) {
                     Some(p) => {
                         if st.record(&p, arrived, pkt.header.sequence_number, pkt.header.timestamp) {
@@ -674,6 +677,9 @@ fn run(rx: Receiver<Cmd>, _load: Arc<AtomicU64>) {
                 match p.socket.recv_from(&mut buf) {
                     Ok((n, source)) => {
                         let now = Instant::now();
+                        if p.shared.role == Role::Viewer && n >= 2 && matches!(buf[1], 192..=223) {
+                            p.shared.stats().record_rtcp(&buf[..n]);
+                        }
                         let Ok(r) = Receive::new(Protocol::Udp, source, p.local, &buf[..n]) else { continue };
                         let res = p.rtc.handle_input(Input::Receive(now, r)).map_err(|e| format!("receive: {e}")).and_then(|_| p.drain());
                         if let Err(e) = res {

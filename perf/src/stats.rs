@@ -239,6 +239,10 @@ pub struct ViewerStats {
     pub raw: crate::raw_rtp::RawRtpStats,
     /// The forwarded header extensions seen.
     pub ext: ReceivedExt,
+    /// The SSRCs RTP arrived from, and the sender SSRCs of the (S)RTCP packets received (read from their
+    /// clear header, whether str0m uses them or not) with how many came from each.
+    pub rtp_ssrcs: Vec<u32>,
+    pub rtcp_senders: Vec<(u32, u64)>,
 }
 
 /// Header extension values a viewer received: how many packets carried each, and the last value.
@@ -275,11 +279,26 @@ impl Default for ViewerStats {
             switches: Vec::new(),
             raw: Default::default(),
             ext: Default::default(),
+            rtp_ssrcs: Vec::new(),
+            rtcp_senders: Vec::new(),
         }
     }
 }
 
 impl ViewerStats {
+    /// Notes the sender SSRC of a received (S)RTCP datagram (RFC 5761: first byte 128..=191, type
+    /// 192..=223); other datagrams are ignored.
+    pub fn record_rtcp(&mut self, datagram: &[u8]) {
+        if datagram.len() < 8 || !matches!(datagram[0], 128..=191) || !matches!(datagram[1], 192..=223) {
+            return;
+        }
+        let ssrc = u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+        match self.rtcp_senders.iter_mut().find(|(s, _)| *s == ssrc) {
+            Some((_, n)) => *n += 1,
+            None => self.rtcp_senders.push((ssrc, 1)),
+        }
+    }
+
     /// Accounts one received packet. `now_ns` is the arrival time on the probe epoch.
     /// Returns true if this is the first counted video packet (the viewer has "joined").
     pub fn record(&mut self, p: &Probe, now_ns: u64, rtp_seq: u16, rtp_ts: u32) -> bool {
