@@ -101,6 +101,9 @@ struct Sent {
     ts: u32,
     marker: bool,
     ext: ForwardedExt,
+    /// The wall-clock time its abs-send-time was taken from: sent again on the same index, the packet must be
+    /// byte-identical (AES-GCM: one nonce, one plaintext and AAD; a new abs-send-time would change the AAD).
+    unix: Duration,
     payload: Arc<[u8]>,
     resent_at: Option<Instant>,
 }
@@ -182,6 +185,14 @@ impl DirectSend {
     pub fn write(&mut self, i: usize, w: &DirectWrite<'_>, now: Instant, out: &mut Vec<Vec<u8>>) -> Result<(), SrtpError> {
         let unix = self.unix_at(now);
         let Some(track) = self.tracks.get_mut(i) else { return Ok(()) };
+        // A second packet on an index still in the ring would reuse its keystream (and the NACK answer would
+        // be ambiguous): refuse it. The publisher side forwards one stream per kind (`ssrc_lock.rs`), so
+        // this only guards against a bug upstream.
+        if let Some(Some(prev)) = track.ring.get(w.seq as usize % RING) {
+            if prev.seq == w.seq {
+                return Err(SrtpError::IndexReused { index: w.seq });
+            }
+        }
         let exts = HeaderExts::new(&self.ext, unix, Some(&w.ext));
         let mid = self.ext.mid.map(|id| (id, track.mid));
         let mut data = datagram_buffers::take(w.payload.len() + PACKET_SPARE);
@@ -202,6 +213,7 @@ impl DirectSend {
                 ts: w.timestamp,
                 marker: w.marker,
                 ext: w.ext,
+                unix,
                 payload: w.payload.clone(),
                 resent_at: None,
             });
@@ -264,8 +276,12 @@ impl DirectSend {
             // No RTX negotiated: the same packet again (same index, so the same ciphertext).
             _ => (track.ssrc, sent.seq, sent.pt, None),
         };
-        // RTX carries no media-level extensions; the packet sent again carries what it had.
-        let exts = HeaderExts::new(&self.ext, unix, osn.is_none().then_some(&sent.ext));
+        // RTX (a new index) carries no media-level extensions and the current abs-send-time; the packet sent
+        // again on its own index is the same bytes as the first time.
+        let exts = match osn {
+            Some(_) => HeaderExts::new(&self.ext, unix, None),
+            None => HeaderExts::new(&self.ext, sent.unix, Some(&sent.ext)),
+        };
         let prefix: &[u8] = match &osn {
             Some(b) => b,
             None => &[],
@@ -567,17 +583,32 @@ mod tests {
     }
 
     #[test]
+    fn an_index_is_never_written_twice() {
+        let now = Instant::now();
+        let mut d = sender(now, true);
+        let (pl, mut out) = (payload(), Vec::new());
+        d.write(0, &video(7, &pl), now, &mut out).unwrap();
+        let other: Arc<[u8]> = Arc::from(&[0xcd; 100][..]);
+        assert!(matches!(d.write(0, &video(7, &other), now, &mut out), Err(SrtpError::IndexReused { index: 7 })));
+        assert_eq!(out.len(), 1);
+        // Reordered but new indices are fine.
+        d.write(0, &video(9, &pl), now, &mut out).unwrap();
+        d.write(0, &video(8, &pl), now, &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
     fn without_rtx_the_same_packet_goes_again() {
         let now = Instant::now();
         let mut d = sender(now, false);
         let (pl, mut out) = (payload(), Vec::new());
         d.write(0, &video(7, &pl), now, &mut out).unwrap();
         let first = out.pop().unwrap();
-        let o = d.handle_rtcp(&nack(0x1111_1111, 7, 0), now + Duration::from_millis(3), &mut out);
+        let o = d.handle_rtcp(&nack(0x1111_1111, 7, 0), now + Duration::from_millis(30), &mut out);
         assert_eq!(o.retransmitted, 1);
-        // Same index, same plaintext but a later abs-send-time: same length, same sequence number and SSRC.
-        assert_eq!(out[0].len(), first.len());
-        assert_eq!(&out[0][..12], &first[..12]);
+        // Same index: byte for byte the same datagram, abs-send-time included (AES-GCM must never seal two
+        // different header/payload pairs under one nonce).
+        assert_eq!(out[0], first);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod packet;
 pub mod room;
 pub mod rtmp;
 pub mod seq_rewrite;
+pub mod ssrc_lock;
 pub mod srtp_send;
 pub mod stun;
 pub mod webrtc;

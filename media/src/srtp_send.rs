@@ -94,6 +94,8 @@ pub enum SrtpError {
     IndexMismatch { index: u64, seq: u16 },
     #[error("cipher failed: {0}")]
     Cipher(String),
+    #[error("SRTP index {index:#x} was already sent with other content")]
+    IndexReused { index: u64 },
 }
 
 /// The keys and state of one direction of one DTLS-SRTP connection: what we send.

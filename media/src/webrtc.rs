@@ -20,8 +20,9 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 use crate::direct_send::{DirectSend, DirectTrack, DirectWrite, ExtIds};
 use crate::dtls_keys::{self, KeySlot};
 use crate::packet::{Codec, ForwardedExt, ForwardedPacket, TrackKind};
-use crate::srtp_send::SrtpSendContext;
+use crate::srtp_send::{SrtpError, SrtpSendContext};
 use crate::seq_rewrite::{SeqRewriter, Skip};
+use crate::ssrc_lock::{SsrcLock, SsrcVerdict};
 
 /// A new session may take this long to connect (ICE + DTLS) before it is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -179,6 +180,8 @@ pub struct WebRtcSession {
     /// Publisher: its source id (set once the room accepted it) and the mids it sends.
     source: u64,
     publisher_mids: Vec<(Mid, TrackKind)>,
+    /// Publisher: the one SSRC per kind that is forwarded (simulcast layers and extra tracks are not).
+    ssrc_lock: SsrcLock,
     last_keyframe_request: Option<Instant>,
     /// A keyframe arrived since the last request (the request is answered).
     keyframe_since_request: bool,
@@ -509,6 +512,7 @@ impl WebRtcSession {
             connected: false,
             next_timeout: now,
             source: 0,
+            ssrc_lock: SsrcLock::default(),
             publisher_mids: Vec::new(),
             last_keyframe_request: None,
             keyframe_since_request: false,
@@ -784,6 +788,25 @@ impl WebRtcSession {
                 let pt = pkt.header.payload_type;
                 let Some(params) = self.rtc.codec_config().find(|p| p.pt() == pt).copied() else { return };
                 let Some(codec) = codec_of(&params) else { return };
+                let (kind, ssrc) = (codec.kind(), *pkt.header.ssrc);
+                let source = match self.ssrc_lock.check(kind, ssrc, pkt.timestamp, self.source) {
+                    SsrcVerdict::Forward { source, switched } => {
+                        if switched {
+                            tracing::info!(ssrc, ?kind, "publisher's stream changed SSRC; forwarding the new one");
+                            if kind == TrackKind::Video {
+                                self.request_keyframe(now);
+                            }
+                        }
+                        source
+                    }
+                    SsrcVerdict::Ignore { first } => {
+                        if first {
+                            let forwarded = self.ssrc_lock.forwarded(kind);
+                            tracing::info!(ssrc, ?kind, ?forwarded, "publisher sends more than one stream of a kind (simulcast?); only the first is forwarded");
+                        }
+                        return;
+                    }
+                };
                 let keyframe_start = crate::keyframe::is_keyframe_start(codec, &pkt.payload);
                 if keyframe_start {
                     self.keyframe_wanted = false;
@@ -792,7 +815,7 @@ impl WebRtcSession {
                 out.push(SessionEvent::Rtp(ForwardedPacket {
                     codec,
                     params,
-                    source: self.source,
+                    source,
                     seq: *pkt.seq_no,
                     timestamp: pkt.header.timestamp,
                     marker: pkt.header.marker,
@@ -1020,7 +1043,11 @@ impl WebRtcSession {
                 payload: &pkt.payload,
             };
             return d.write(i, &w, now, &mut self.direct_out).map_err(|e| {
-                tracing::warn!(ufrag = %self.local_ufrag, error = %e, "direct send: packet not protected");
+                match e {
+                    // A duplicate from upstream (counted as skipped): not worth a log line each.
+                    SrtpError::IndexReused { .. } => tracing::debug!(ufrag = %self.local_ufrag, error = %e, "direct send: packet not sent"),
+                    _ => tracing::warn!(ufrag = %self.local_ufrag, error = %e, "direct send: packet not sent"),
+                }
                 WriteSkip::Protect
             });
         }
