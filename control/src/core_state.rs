@@ -749,6 +749,7 @@ impl CoreState {
     fn count_feedback(&mut self, f: sfumato_media::webrtc::FeedbackDelta) {
         self.stats.nacks_received += f.nacks_received;
         self.stats.rtp_retransmitted += f.retransmitted;
+        self.stats.rtp_retransmissions_refused += f.retransmissions_refused;
         self.stats.keyframe_requests_received += f.keyframe_requests_received;
         self.stats.nacks_sent += f.nacks_sent;
     }

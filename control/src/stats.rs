@@ -40,6 +40,8 @@ pub struct CoreStats {
     pub nacks_received: u64,
     /// Packets sent again to viewers for their NACKs by the direct send path (RTX or the packet itself).
     pub rtp_retransmitted: u64,
+    /// Retransmissions viewers' NACKs asked for beyond their budget (300 a second each), not sent.
+    pub rtp_retransmissions_refused: u64,
     /// NACKs sent to publishers for lost packets.
     pub nacks_sent: u64,
     /// ICE restarts done through PATCH.
@@ -125,6 +127,7 @@ impl CoreStats {
         self.bitrate_hints_sent += o.bitrate_hints_sent;
         self.nacks_received += o.nacks_received;
         self.rtp_retransmitted += o.rtp_retransmitted;
+        self.rtp_retransmissions_refused += o.rtp_retransmissions_refused;
         self.nacks_sent += o.nacks_sent;
         self.ice_restarts += o.ice_restarts;
         self.events_queue_dropped += o.events_queue_dropped;
@@ -176,6 +179,7 @@ const HELP: &[(&str, &str)] = &[
     ("bitrate_hints_sent", "REMB bitrate limits sent to publishers (lowest viewer bandwidth estimate of the room)"),
     ("nacks_received", "NACKs received from viewers (answered from the retransmission buffer)"),
     ("rtp_retransmitted", "Packets sent again to viewers for their NACKs (direct send path: RTX, or the packet itself)"),
+    ("rtp_retransmissions_refused", "Retransmissions viewers' NACKs asked for beyond their budget (300/s, bursts of 150 per viewer), not sent"),
     ("nacks_sent", "NACKs sent to publishers for lost packets"),
     ("ice_restarts", "ICE restarts done through a WHIP/WHEP PATCH"),
     ("events_queue_dropped", "Events lost because the queue to the events connector was full"),

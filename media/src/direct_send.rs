@@ -30,6 +30,11 @@ use crate::srtp_send::{SrtpError, SrtpSendContext};
 const RING: usize = 512;
 /// The same packet is not resent again within this long (a NACK repeated before the first resend arrived).
 const RESEND_GAP: Duration = Duration::from_millis(20);
+/// Retransmissions one viewer may have per second, and at once: its NACKs can't make the core send more
+/// than this (one NACK can name all 512 ring entries, and again every [`RESEND_GAP`]). A 10 Mbit/s stream
+/// losing 20 % needs ~200 a second.
+const RESEND_RATE: f64 = 300.0;
+const RESEND_BURST: f64 = 150.0;
 /// Sender report interval per track (libwebrtc's for video; audio is the same here, it is cheap).
 pub const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes a datagram needs beyond its payload: header with extensions (≤ 48), RTX's 2, the SRTP tag (≤ 16;
@@ -152,6 +157,8 @@ pub struct RtcpOutcome {
     /// Fraction lost (0..1) from a receiver report about one of our streams.
     pub loss: Option<f32>,
     pub retransmitted: u64,
+    /// Retransmissions the viewer asked for beyond its budget ([`RESEND_RATE`]), not sent.
+    pub retransmissions_refused: u64,
 }
 
 /// The direct send state of one viewer session.
@@ -163,6 +170,9 @@ pub struct DirectSend {
     epoch: (Instant, SystemTime),
     /// A sender report before protection (and, in tests, the last RTP packet's plaintext).
     plain: Vec<u8>,
+    /// Retransmissions left in the budget, and when it was last refilled.
+    resend_tokens: f64,
+    resend_refilled: Instant,
 }
 
 impl std::fmt::Debug for DirectSend {
@@ -173,7 +183,15 @@ impl std::fmt::Debug for DirectSend {
 
 impl DirectSend {
     pub fn new(srtp: SrtpSendContext, ext: ExtIds, tracks: Vec<DirectTrack>, now: Instant) -> Self {
-        Self { srtp, ext, tracks, epoch: (now, SystemTime::now()), plain: Vec::with_capacity(1500) }
+        Self {
+            srtp,
+            ext,
+            tracks,
+            epoch: (now, SystemTime::now()),
+            plain: Vec::with_capacity(1500),
+            resend_tokens: RESEND_BURST,
+            resend_refilled: now,
+        }
     }
 
     /// The track sending on `mid`.
@@ -231,7 +249,15 @@ impl DirectSend {
                 for e in nack.reports.iter() {
                     let lost = std::iter::once(e.pid).chain((0..16).filter(|b| e.blp & (1 << b) != 0).map(|b| e.pid.wrapping_add(b + 1)));
                     for seq in lost {
-                        o.retransmitted += u64::from(self.resend(i, seq, now, out));
+                        if !self.take_resend_token(now) {
+                            o.retransmissions_refused += 1;
+                            continue;
+                        }
+                        if self.resend(i, seq, now, out) {
+                            o.retransmitted += 1;
+                        } else {
+                            self.resend_tokens += 1.0; // nothing was sent: give it back
+                        }
                     }
                 }
             }
@@ -254,6 +280,18 @@ impl DirectSend {
             _ => {}
         }
         o
+    }
+
+    /// Takes one retransmission from the viewer's budget, refilled at [`RESEND_RATE`] up to [`RESEND_BURST`].
+    fn take_resend_token(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.resend_refilled).as_secs_f64();
+        self.resend_refilled = self.resend_refilled.max(now);
+        self.resend_tokens = (self.resend_tokens + elapsed * RESEND_RATE).min(RESEND_BURST);
+        if self.resend_tokens < 1.0 {
+            return false;
+        }
+        self.resend_tokens -= 1.0;
+        true
     }
 
     /// Sends packet `seq16` of track `i` again if it is still in the ring; true if it was sent.
@@ -580,6 +618,32 @@ mod tests {
         assert_eq!(d.handle_rtcp(&nack(0x1111_1111, 300, 0), now, &mut out).retransmitted, 0);
         assert_eq!(d.handle_rtcp(&nack(0x9999, 102, 0), now, &mut out).nacks, 0);
         assert!(out.is_empty());
+    }
+
+    /// A viewer NACKing everything in the ring over and over gets at most the budget: the burst at once,
+    /// then RESEND_RATE a second; the rest is refused and counted.
+    #[test]
+    fn retransmissions_are_budgeted_per_viewer() {
+        let now = Instant::now();
+        let mut d = sender(now, true);
+        let (pl, mut out) = (payload(), Vec::new());
+        for seq in 0..RING as u64 {
+            d.write(0, &video(seq, &pl), now, &mut out).unwrap();
+        }
+        out.clear();
+        // 32 NACKs × 17 packets: the whole ring; (sent, refused) in total.
+        let mut all = |at: Instant, out: &mut Vec<Vec<u8>>| {
+            (0..32u16).fold((0, 0), |(s, r), k| {
+                let o = d.handle_rtcp(&nack(0x1111_1111, k * 17, 0xffff), at, out);
+                (s + o.retransmitted, r + o.retransmissions_refused)
+            })
+        };
+        assert_eq!(all(now, &mut out), (RESEND_BURST as u64, 32 * 17 - RESEND_BURST as u64));
+        // One second later (and past RESEND_GAP): the refill, capped at the burst.
+        assert_eq!(all(now + Duration::from_secs(1), &mut out).0, RESEND_BURST as u64);
+        // 100 ms later: 30 more.
+        assert_eq!(all(now + Duration::from_millis(1100), &mut out).0, (RESEND_RATE / 10.0) as u64);
+        assert_eq!(out.len() as u64, 2 * RESEND_BURST as u64 + (RESEND_RATE / 10.0) as u64);
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct FeedbackDelta {
     pub nacks_sent: u64,
     /// Packets the direct send path sent again for the viewer's NACKs.
     pub retransmitted: u64,
+    /// Retransmissions the viewer's NACKs asked for beyond its budget (not sent).
+    pub retransmissions_refused: u64,
 }
 
 /// How often str0m reports per-stream stats (NACK/PLI counts, RTT, loss).
@@ -836,6 +838,7 @@ impl WebRtcSession {
                             keyframe_requests_received: o.keyframe_requests,
                             nacks_sent: 0,
                             retransmitted: o.retransmitted,
+                            retransmissions_refused: o.retransmissions_refused,
                         }));
                     }
                     if o.keyframe_requests > 0 {
