@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use str0m::media::Mid;
-use str0m::rtp::rtcp::Rtcp;
+use str0m::rtp::rtcp::{ReceptionReport, Rtcp};
 
 use crate::datagram_buffers;
 use crate::packet::ForwardedExt;
@@ -264,22 +264,27 @@ impl DirectSend {
             Rtcp::Pli(pli) if self.ours(*pli.ssrc) => o.keyframe_requests = 1,
             Rtcp::Fir(fir) if fir.reports.iter().any(|f| self.ours(*f.ssrc)) => o.keyframe_requests = 1,
             Rtcp::Remb(remb) if remb.ssrcs.iter().any(|s| self.ours(*s)) => o.remb_bps = Some(remb.bitrate.max(0.0) as u64),
-            Rtcp::ReceiverReport(rr) => {
-                let ntp_mid_now = ntp_middle(self.unix_at(now));
-                for r in rr.reports.iter() {
-                    let Some(t) = self.tracks.iter().find(|t| t.ssrc == *r.ssrc) else { continue };
-                    o.loss = Some(f32::from(r.fraction_lost) / 256.0);
-                    if r.last_sr_time != 0 && t.last_sr == Some(r.last_sr_time) {
-                        let units = ntp_mid_now.wrapping_sub(r.last_sr_time).wrapping_sub(r.last_sr_delay);
-                        if units < 0x8000_0000 {
-                            o.rtt = Some(Duration::from_micros(u64::from(units) * 1_000_000 / 65_536));
-                        }
-                    }
-                }
-            }
+            Rtcp::ReceiverReport(rr) => self.reception_reports(rr.reports.iter(), now, &mut o),
+            // A viewer that also sends media puts its reception reports into its own sender reports.
+            Rtcp::SenderReport(sr) => self.reception_reports(sr.reports.iter(), now, &mut o),
             _ => {}
         }
         o
+    }
+
+    /// Loss and RTT from reception reports about our streams.
+    fn reception_reports<'a>(&self, reports: impl Iterator<Item = &'a ReceptionReport>, now: Instant, o: &mut RtcpOutcome) {
+        let ntp_mid_now = ntp_middle(self.unix_at(now));
+        for r in reports {
+            let Some(t) = self.tracks.iter().find(|t| t.ssrc == *r.ssrc) else { continue };
+            o.loss = Some(f32::from(r.fraction_lost) / 256.0);
+            if r.last_sr_time != 0 && t.last_sr == Some(r.last_sr_time) {
+                let units = ntp_mid_now.wrapping_sub(r.last_sr_time).wrapping_sub(r.last_sr_delay);
+                if units < 0x8000_0000 {
+                    o.rtt = Some(Duration::from_micros(u64::from(units) * 1_000_000 / 65_536));
+                }
+            }
+        }
     }
 
     /// Takes one retransmission from the viewer's budget, refilled at [`RESEND_RATE`] up to [`RESEND_BURST`].
@@ -493,7 +498,8 @@ fn write_packet(
 mod tests {
     use super::*;
     use crate::srtp_send::SrtpProfile;
-    use str0m::rtp::rtcp::{Nack, NackEntry, ReceiverReport, ReceptionReport};
+    use str0m::media::MediaTime;
+    use str0m::rtp::rtcp::{Nack, NackEntry, ReceiverReport, SenderInfo, SenderReport};
     use str0m::rtp::VideoOrientation;
 
     const EXT: ExtIds = ExtIds { mid: Some(4), abs_send_time: Some(2), audio_level: Some(1), video_orientation: Some(13) };
@@ -718,5 +724,22 @@ mod tests {
         assert_eq!(o.loss, Some(0.25));
         let rtt = o.rtt.expect("rtt");
         assert!(rtt > Duration::from_millis(4) && rtt < Duration::from_millis(6), "{rtt:?}");
+
+        // A viewer that sends media too reports inside its own sender reports: read the same way.
+        let Rtcp::ReceiverReport(rr) = rr else { unreachable!() };
+        let sr = Rtcp::SenderReport(SenderReport {
+            sender_info: SenderInfo {
+                ssrc: 1.into(),
+                ntp_time: SystemTime::now(),
+                rtp_time: MediaTime::from_90khz(0),
+                sender_packet_count: 0,
+                sender_octet_count: 0,
+            },
+            reports: rr.reports,
+        });
+        let o = d.handle_rtcp(&sr, later + Duration::from_millis(20), &mut out);
+        assert_eq!(o.loss, Some(0.25));
+        let rtt = o.rtt.expect("rtt from a sender report's reception report");
+        assert!(rtt > Duration::from_millis(14) && rtt < Duration::from_millis(16), "{rtt:?}");
     }
 }
