@@ -87,8 +87,10 @@ pub struct DirectTrack {
     pub cname: String,
     packets: u32,
     octets: u32,
-    /// RTP timestamp, when it was sent, clock rate: the last packet (for the sender report's RTP time).
+    /// RTP timestamp, when it was sent, clock rate: the newest packet (for the sender report's RTP time).
     last: Option<(u32, Instant, u32)>,
+    /// Extended sequence number of that packet: a reordered older one doesn't move `last`.
+    last_seq: u64,
     /// Extended sequence number of the next RTX packet.
     rtx_seq: u64,
     /// Video: the last [`RING`] packets by sequence number.
@@ -123,6 +125,7 @@ impl DirectTrack {
             packets: 0,
             octets: 0,
             last: None,
+            last_seq: 0,
             rtx_seq: u64::from(ssrc >> 17), // a random start below 2^15, like a fresh stream's
             ring: if video { vec![None; RING] } else { Vec::new() },
             next_sr: now + SR_INTERVAL,
@@ -222,7 +225,10 @@ impl DirectSend {
         out.push(data);
         track.packets = track.packets.wrapping_add(1);
         track.octets = track.octets.wrapping_add(w.payload.len() as u32);
-        track.last = Some((w.timestamp, now, w.clock_rate.max(1)));
+        if track.last.is_none() || w.seq >= track.last_seq {
+            track.last = Some((w.timestamp, now, w.clock_rate.max(1)));
+            track.last_seq = w.seq;
+        }
         if !track.ring.is_empty() {
             track.ring[w.seq as usize % RING] = Some(Sent {
                 seq: w.seq,
@@ -650,6 +656,25 @@ mod tests {
         // 100 ms later: 30 more.
         assert_eq!(all(now + Duration::from_millis(1100), &mut out).0, (RESEND_RATE / 10.0) as u64);
         assert_eq!(out.len() as u64, 2 * RESEND_BURST as u64 + (RESEND_RATE / 10.0) as u64);
+    }
+
+    /// A reordered older packet written after a newer one doesn't pull the sender report's RTP time back.
+    #[test]
+    fn sender_report_time_follows_the_newest_packet() {
+        let now = Instant::now();
+        let mut d = sender(now, true);
+        let (pl, mut out) = (payload(), Vec::new());
+        let mut at = |seq: u64, ts: u32, d: &mut DirectSend| {
+            let mut w = video(seq, &pl);
+            w.timestamp = ts;
+            d.write(0, &w, now, &mut out).unwrap();
+        };
+        at(10, 9000, &mut d);
+        at(12, 12000, &mut d);
+        at(11, 10500, &mut d); // late
+        assert_eq!(d.tracks[0].last.map(|l| l.0), Some(12000));
+        at(13, 15000, &mut d);
+        assert_eq!(d.tracks[0].last.map(|l| l.0), Some(15000));
     }
 
     #[test]
