@@ -77,6 +77,9 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
+            // The send path is chosen by each test's arguments, not by the environment.
+            .env_remove("SFUMATO_STR0M_SEND")
+            .env_remove("SFUMATO_VIEWER_BWE")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -34,8 +34,13 @@ impl Shutdown {
     /// their pipes, registered as they start waiting).
     pub fn install_signal_handlers(&self) -> std::io::Result<()> {
         let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, self.flag.clone())?;
+            // Cores already waiting: their pipes too.
+            for w in wakers.iter() {
+                signal_hook::low_level::pipe::register(sig, w.try_clone()?)?;
+            }
             signals.push(sig);
         }
         Ok(())
@@ -78,10 +83,13 @@ impl Shutdown {
         let (rx, tx) = StdUnixStream::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        for &sig in self.signals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        // Both locks, in install_signal_handlers' order: a signal set installed meanwhile can't miss this pipe.
+        let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        for &sig in signals.iter() {
             signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
         }
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        wakers.push(tx);
         // SAFETY: `rx` is a connected, non-blocking Unix stream socket whose fd we hand over (into_raw_fd).
         Ok(unsafe { glommio::net::UnixStream::from_raw_fd(rx.into_raw_fd()) })
     }
@@ -130,13 +138,13 @@ mod tests {
         woke.recv_timeout(Duration::from_secs(5)).expect("the waiting core did not wake");
     }
 
-    /// SIGTERM reaches a waiting core through its pipe.
+    /// SIGTERM reaches a waiting core through its pipe, also when the handlers came after it started waiting.
     #[test]
     fn signal_wakes_a_waiting_core() {
         let shutdown = Shutdown::new();
-        shutdown.install_signal_handlers().expect("handlers");
         let woke = waiting_core(&shutdown);
         std::thread::sleep(Duration::from_millis(100));
+        shutdown.install_signal_handlers().expect("handlers");
         assert!(woke.try_recv().is_err(), "woke before the signal");
         assert_eq!(shutdown.pipes(), 1, "the core waits on its pipe, not on a timer");
         // SAFETY: raise(3) delivers SIGTERM to this process; the handlers above take it (no default action).

@@ -160,8 +160,18 @@ pub struct RtcpOutcome {
     /// Fraction lost (0..1) from a receiver report about one of our streams.
     pub loss: Option<f32>,
     pub retransmitted: u64,
-    /// Retransmissions the viewer asked for beyond its budget ([`RESEND_RATE`]), not sent.
+    /// Retransmissions the viewer asked for (of packets that could be sent) beyond its budget
+    /// ([`RESEND_RATE`]), not sent.
     pub retransmissions_refused: u64,
+}
+
+/// What [`DirectSend::resend`] did with one NACKed sequence number.
+enum Resend {
+    Sent,
+    /// Not in the ring (too old, never sent) or resent less than [`RESEND_GAP`] ago.
+    Unavailable,
+    /// Over the viewer's retransmission budget.
+    OverBudget,
 }
 
 /// The direct send state of one viewer session.
@@ -255,14 +265,10 @@ impl DirectSend {
                 for e in nack.reports.iter() {
                     let lost = std::iter::once(e.pid).chain((0..16).filter(|b| e.blp & (1 << b) != 0).map(|b| e.pid.wrapping_add(b + 1)));
                     for seq in lost {
-                        if !self.take_resend_token(now) {
-                            o.retransmissions_refused += 1;
-                            continue;
-                        }
-                        if self.resend(i, seq, now, out) {
-                            o.retransmitted += 1;
-                        } else {
-                            self.resend_tokens += 1.0; // nothing was sent: give it back
+                        match self.resend(i, seq, now, out) {
+                            Resend::Sent => o.retransmitted += 1,
+                            Resend::OverBudget => o.retransmissions_refused += 1,
+                            Resend::Unavailable => {}
                         }
                     }
                 }
@@ -305,14 +311,24 @@ impl DirectSend {
         true
     }
 
-    /// Sends packet `seq16` of track `i` again if it is still in the ring; true if it was sent.
-    fn resend(&mut self, i: usize, seq16: u16, now: Instant, out: &mut Vec<Vec<u8>>) -> bool {
+    /// Sends packet `seq16` of track `i` again if it is still in the ring, wasn't just resent, and the
+    /// viewer's budget allows.
+    fn resend(&mut self, i: usize, seq16: u16, now: Instant, out: &mut Vec<Vec<u8>>) -> Resend {
         let unix = self.unix_at(now);
-        let track = &mut self.tracks[i];
-        let Some(Some(sent)) = track.ring.get_mut(seq16 as usize % RING) else { return false };
-        if sent.seq as u16 != seq16 || sent.resent_at.is_some_and(|t| now.saturating_duration_since(t) < RESEND_GAP) {
-            return false;
+        let available = match self.tracks[i].ring.get(seq16 as usize % RING) {
+            Some(Some(sent)) => {
+                sent.seq as u16 == seq16 && sent.resent_at.is_none_or(|t| now.saturating_duration_since(t) >= RESEND_GAP)
+            }
+            _ => false,
+        };
+        if !available {
+            return Resend::Unavailable;
         }
+        if !self.take_resend_token(now) {
+            return Resend::OverBudget;
+        }
+        let track = &mut self.tracks[i];
+        let Some(Some(sent)) = track.ring.get_mut(seq16 as usize % RING) else { return Resend::Unavailable };
         sent.resent_at = Some(now);
         let sent = sent.clone();
         let mid = self.ext.mid.map(|id| (id, track.mid));
@@ -341,10 +357,10 @@ impl DirectSend {
         self.plain.clone_from(&data);
         let header_len = data.len() - sent.payload.len() - prefix.len();
         if self.srtp.protect_rtp_in_place(&mut data, header_len, seq).is_err() {
-            return false;
+            return Resend::Unavailable;
         }
         out.push(data);
-        true
+        Resend::Sent
     }
 
     /// Sender reports (with SDES CNAME) of the tracks whose report is due.
@@ -650,7 +666,7 @@ mod tests {
                 (s + o.retransmitted, r + o.retransmissions_refused)
             })
         };
-        assert_eq!(all(now, &mut out), (RESEND_BURST as u64, 32 * 17 - RESEND_BURST as u64));
+        assert_eq!(all(now, &mut out), (RESEND_BURST as u64, RING as u64 - RESEND_BURST as u64), "the 32 beyond the ring are not refused, just absent");
         // One second later (and past RESEND_GAP): the refill, capped at the burst.
         assert_eq!(all(now + Duration::from_secs(1), &mut out).0, RESEND_BURST as u64);
         // 100 ms later: 30 more.

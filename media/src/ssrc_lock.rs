@@ -6,8 +6,10 @@
 //! Forwarding them all into one track would interleave unrelated sequence numbers: the decoder gets garbage,
 //! and two packets could be written with the same SRTP index and different content (a reused keystream).
 //! So each kind is locked to one SSRC: the first whose packets arrive. Another SSRC takes over only after
-//! the locked one was silent for [`SSRC_SWITCH_SILENCE`]; it then forwards as a new source (the viewers'
-//! rewriters re-base and, for video, wait for its keyframe).
+//! the locked one was silent for [`SSRC_SWITCH_SILENCE`]; the publisher's packets of *both* kinds then carry
+//! a new source id (the viewers' rewriters re-base and, for video, wait for a keyframe, which is requested).
+//! One source per publisher at any time keeps the rest simple: a cascade node takes a new source for a
+//! re-publish, and two kinds with different sources would look like a re-publish every other packet.
 
 use std::time::{Duration, Instant};
 
@@ -29,14 +31,17 @@ pub enum SsrcVerdict {
 struct Locked {
     ssrc: u32,
     last: Instant,
-    generation: u64,
 }
 
-/// Per kind (audio, video): the forwarded SSRC, and the SSRCs ignored so far.
+/// At most this many ignored SSRCs are remembered (only to log each once).
+const IGNORED_MAX: usize = 16;
+
+/// Per kind (audio, video): the forwarded SSRC; the SSRCs ignored so far; how many switches happened.
 #[derive(Debug, Default)]
 pub struct SsrcLock {
     locked: [Option<Locked>; 2],
     ignored: Vec<u32>,
+    generation: u64,
 }
 
 impl SsrcLock {
@@ -44,24 +49,27 @@ impl SsrcLock {
     /// The forwarded source is `base` for the first SSRC of a kind and differs for every later one.
     pub fn check(&mut self, kind: TrackKind, ssrc: u32, now: Instant, base: u64) -> SsrcVerdict {
         let slot = &mut self.locked[kind as usize];
-        let (generation, switched) = match slot {
+        let switched = match slot {
             Some(l) if l.ssrc == ssrc => {
                 l.last = l.last.max(now);
-                return SsrcVerdict::Forward { source: source_of(base, l.generation), switched: false };
+                return SsrcVerdict::Forward { source: source_of(base, self.generation), switched: false };
             }
             Some(l) if now.saturating_duration_since(l.last) < SSRC_SWITCH_SILENCE => {
-                let first = !self.ignored.contains(&ssrc);
+                let first = !self.ignored.contains(&ssrc) && self.ignored.len() < IGNORED_MAX;
                 if first {
                     self.ignored.push(ssrc);
                 }
                 return SsrcVerdict::Ignore { first };
             }
-            Some(l) => (l.generation + 1, true),
-            None => (0, false),
+            Some(_) => true,
+            None => false,
         };
-        *slot = Some(Locked { ssrc, last: now, generation });
+        *slot = Some(Locked { ssrc, last: now });
         self.ignored.retain(|s| *s != ssrc);
-        SsrcVerdict::Forward { source: source_of(base, generation), switched }
+        if switched {
+            self.generation += 1;
+        }
+        SsrcVerdict::Forward { source: source_of(base, self.generation), switched }
     }
 
     /// The SSRC forwarded for `kind`, if any.
@@ -125,7 +133,21 @@ mod tests {
         assert_eq!(l.check(TrackKind::Video, 2, later, BASE), SsrcVerdict::Forward { source, switched: false });
         // The old SSRC is now the other one.
         assert_eq!(l.check(TrackKind::Video, 1, later, BASE), SsrcVerdict::Ignore { first: true });
-        // Audio was never touched.
-        assert_eq!(l.forwarded(TrackKind::Audio), None);
+        // Audio, locked before, carries the new source too: one source per publisher at any time.
+        assert_eq!(l.check(TrackKind::Audio, 20, later, BASE), SsrcVerdict::Forward { source, switched: false });
+    }
+
+    #[test]
+    fn sources_stay_one_per_publisher_and_ignored_ssrcs_are_bounded() {
+        let t = Instant::now();
+        let mut l = SsrcLock::default();
+        l.check(TrackKind::Audio, 20, t, BASE);
+        l.check(TrackKind::Video, 1, t, BASE);
+        let firsts = (100..200u32).filter(|s| l.check(TrackKind::Video, *s, t, BASE) == SsrcVerdict::Ignore { first: true }).count();
+        assert_eq!(firsts, IGNORED_MAX);
+        // Audio switches: video's packets move to the new source with it.
+        let later = t + SSRC_SWITCH_SILENCE;
+        let SsrcVerdict::Forward { source, switched: true } = l.check(TrackKind::Audio, 21, later, BASE) else { panic!() };
+        assert_eq!(l.check(TrackKind::Video, 1, later, BASE), SsrcVerdict::Forward { source, switched: false });
     }
 }

@@ -794,10 +794,9 @@ impl WebRtcSession {
                 let source = match self.ssrc_lock.check(kind, ssrc, pkt.timestamp, self.source) {
                     SsrcVerdict::Forward { source, switched } => {
                         if switched {
+                            // Both kinds now carry a new source: the viewers' video waits for a keyframe.
                             tracing::info!(ssrc, ?kind, "publisher's stream changed SSRC; forwarding the new one");
-                            if kind == TrackKind::Video {
-                                self.request_keyframe(now);
-                            }
+                            self.request_keyframe(now);
                         }
                         source
                     }
@@ -948,13 +947,18 @@ impl WebRtcSession {
             }
         }
         let mut sent = false;
-        let mids: Vec<Mid> =
-            self.publisher_mids.iter().filter(|(_, k)| *k == TrackKind::Video).map(|(m, _)| *m).collect();
         let mut api = self.rtc.direct_api();
-        for mid in mids {
-            if let Some(rx) = api.stream_rx_by_mid(mid, None) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-                sent = true;
+        // The forwarded stream's own SSRC (with simulcast, a mid has one stream per layer); before any video
+        // arrived, every video mid.
+        if let Some(rx) = self.ssrc_lock.forwarded(TrackKind::Video).and_then(|ssrc| api.stream_rx(&ssrc.into())) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            sent = true;
+        } else {
+            for (mid, _) in self.publisher_mids.iter().filter(|(_, k)| *k == TrackKind::Video) {
+                if let Some(rx) = api.stream_rx_by_mid(*mid, None) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    sent = true;
+                }
             }
         }
         if sent {
