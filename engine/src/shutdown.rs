@@ -19,10 +19,19 @@ use futures_lite::AsyncReadExt;
 #[derive(Clone, Default)]
 pub struct Shutdown {
     flag: Arc<AtomicBool>,
-    /// Signals first seen by [`Shutdown::install_signal_handlers`]: new waiters register their pipes for them.
-    signals: Arc<Mutex<Vec<libc::c_int>>>,
-    /// The writing ends of the waiting cores' socket pairs (control path only: startup and shutdown).
-    wakers: Arc<Mutex<Vec<StdUnixStream>>>,
+    /// Control path only (startup and shutdown).
+    waiters: Arc<Mutex<Waiters>>,
+}
+
+/// The signals that request shutdown.
+const SIGNALS: [libc::c_int; 2] = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+
+#[derive(Default)]
+struct Waiters {
+    /// [`Shutdown::install_signal_handlers`] ran: a new waiter registers its pipe for [`SIGNALS`] too.
+    signals: bool,
+    /// The writing ends of the waiting cores' socket pairs.
+    pipes: Vec<StdUnixStream>,
 }
 
 impl Shutdown {
@@ -33,22 +42,21 @@ impl Shutdown {
     /// Requests shutdown when the process receives SIGINT or SIGTERM (the flag now; waiting cores through
     /// their pipes, registered as they start waiting).
     pub fn install_signal_handlers(&self) -> std::io::Result<()> {
-        let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
-        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for sig in SIGNALS {
             signal_hook::flag::register(sig, self.flag.clone())?;
             // Cores already waiting: their pipes too.
-            for w in wakers.iter() {
+            for w in waiters.pipes.iter() {
                 signal_hook::low_level::pipe::register(sig, w.try_clone()?)?;
             }
-            signals.push(sig);
         }
+        waiters.signals = true;
         Ok(())
     }
 
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::Release);
-        for w in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+        for w in self.waiters.lock().unwrap_or_else(|e| e.into_inner()).pipes.iter_mut() {
             // Non-blocking: a full pipe already holds a wake-up.
             let _ = w.write(&[1]);
         }
@@ -83,20 +91,20 @@ impl Shutdown {
         let (rx, tx) = StdUnixStream::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        // Both locks, in install_signal_handlers' order: a signal set installed meanwhile can't miss this pipe.
-        let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        for &sig in signals.iter() {
-            signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if waiters.signals {
+            for sig in SIGNALS {
+                signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
+            }
         }
-        wakers.push(tx);
+        waiters.pipes.push(tx);
         // SAFETY: `rx` is a connected, non-blocking Unix stream socket whose fd we hand over (into_raw_fd).
         Ok(unsafe { glommio::net::UnixStream::from_raw_fd(rx.into_raw_fd()) })
     }
 
     #[cfg(test)]
     fn pipes(&self) -> usize {
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).pipes.len()
     }
 
     async fn poll_flag(&self) {

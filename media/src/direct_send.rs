@@ -165,6 +165,31 @@ pub struct RtcpOutcome {
     pub retransmissions_refused: u64,
 }
 
+/// A viewer's retransmission budget: a token bucket refilled at [`RESEND_RATE`] up to [`RESEND_BURST`].
+#[derive(Debug)]
+struct ResendBudget {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl ResendBudget {
+    fn new(now: Instant) -> Self {
+        Self { tokens: RESEND_BURST, refilled: now }
+    }
+
+    /// Takes one retransmission if the budget has it.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = self.refilled.max(now);
+        self.tokens = (self.tokens + elapsed * RESEND_RATE).min(RESEND_BURST);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 /// What [`DirectSend::resend`] did with one NACKed sequence number.
 enum Resend {
     Sent,
@@ -183,9 +208,7 @@ pub struct DirectSend {
     epoch: (Instant, SystemTime),
     /// A sender report before protection (and, in tests, the last RTP packet's plaintext).
     plain: Vec<u8>,
-    /// Retransmissions left in the budget, and when it was last refilled.
-    resend_tokens: f64,
-    resend_refilled: Instant,
+    resend_budget: ResendBudget,
 }
 
 impl std::fmt::Debug for DirectSend {
@@ -202,8 +225,7 @@ impl DirectSend {
             tracks,
             epoch: (now, SystemTime::now()),
             plain: Vec::with_capacity(1500),
-            resend_tokens: RESEND_BURST,
-            resend_refilled: now,
+            resend_budget: ResendBudget::new(now),
         }
     }
 
@@ -299,36 +321,18 @@ impl DirectSend {
         }
     }
 
-    /// Takes one retransmission from the viewer's budget, refilled at [`RESEND_RATE`] up to [`RESEND_BURST`].
-    fn take_resend_token(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.resend_refilled).as_secs_f64();
-        self.resend_refilled = self.resend_refilled.max(now);
-        self.resend_tokens = (self.resend_tokens + elapsed * RESEND_RATE).min(RESEND_BURST);
-        if self.resend_tokens < 1.0 {
-            return false;
-        }
-        self.resend_tokens -= 1.0;
-        true
-    }
-
     /// Sends packet `seq16` of track `i` again if it is still in the ring, wasn't just resent, and the
     /// viewer's budget allows.
     fn resend(&mut self, i: usize, seq16: u16, now: Instant, out: &mut Vec<Vec<u8>>) -> Resend {
         let unix = self.unix_at(now);
-        let available = match self.tracks[i].ring.get(seq16 as usize % RING) {
-            Some(Some(sent)) => {
-                sent.seq as u16 == seq16 && sent.resent_at.is_none_or(|t| now.saturating_duration_since(t) >= RESEND_GAP)
-            }
-            _ => false,
-        };
-        if !available {
-            return Resend::Unavailable;
-        }
-        if !self.take_resend_token(now) {
-            return Resend::OverBudget;
-        }
         let track = &mut self.tracks[i];
         let Some(Some(sent)) = track.ring.get_mut(seq16 as usize % RING) else { return Resend::Unavailable };
+        if sent.seq as u16 != seq16 || sent.resent_at.is_some_and(|t| now.saturating_duration_since(t) < RESEND_GAP) {
+            return Resend::Unavailable;
+        }
+        if !self.resend_budget.take(now) {
+            return Resend::OverBudget;
+        }
         sent.resent_at = Some(now);
         let sent = sent.clone();
         let mid = self.ext.mid.map(|id| (id, track.mid));

@@ -677,8 +677,8 @@ fn run(rx: Receiver<Cmd>, _load: Arc<AtomicU64>) {
                 match p.socket.recv_from(&mut buf) {
                     Ok((n, source)) => {
                         let now = Instant::now();
-                        if p.shared.role == Role::Viewer && n >= 2 && matches!(buf[1], 192..=223) {
-                            p.shared.stats().record_rtcp(&buf[..n]);
+                        if let Some(ssrc) = crate::stats::rtcp_sender(&buf[..n]).filter(|_| p.shared.role == Role::Viewer) {
+                            p.shared.stats().record_rtcp(ssrc);
                         }
                         let Ok(r) = Receive::new(Protocol::Udp, source, p.local, &buf[..n]) else { continue };
                         let res = p.rtc.handle_input(Input::Receive(now, r)).map_err(|e| format!("receive: {e}")).and_then(|_| p.drain());

@@ -225,6 +225,15 @@ impl KindStats {
     }
 }
 
+/// The sender SSRC of a (S)RTCP datagram (RFC 5761: first byte 128..=191, packet type 192..=223; the
+/// header stays clear in SRTCP), None for anything else.
+pub fn rtcp_sender(datagram: &[u8]) -> Option<u32> {
+    match datagram {
+        [128..=191, 192..=223, _, _, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 /// Per-viewer receive statistics. Lives behind a mutex shared by the driver thread and the controller.
 #[derive(Debug, Clone)]
 pub struct ViewerStats {
@@ -286,13 +295,8 @@ impl Default for ViewerStats {
 }
 
 impl ViewerStats {
-    /// Notes the sender SSRC of a received (S)RTCP datagram (RFC 5761: first byte 128..=191, type
-    /// 192..=223); other datagrams are ignored.
-    pub fn record_rtcp(&mut self, datagram: &[u8]) {
-        if datagram.len() < 8 || !matches!(datagram[0], 128..=191) || !matches!(datagram[1], 192..=223) {
-            return;
-        }
-        let ssrc = u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
+    /// Counts one (S)RTCP packet from `ssrc` (see [`rtcp_sender`]).
+    pub fn record_rtcp(&mut self, ssrc: u32) {
         match self.rtcp_senders.iter_mut().find(|(s, _)| *s == ssrc) {
             Some((_, n)) => *n += 1,
             None => self.rtcp_senders.push((ssrc, 1)),
@@ -505,6 +509,15 @@ impl RunResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtcp_sender_reads_the_clear_header() {
+        assert_eq!(rtcp_sender(&[0x80, 200, 0, 6, 0xca, 0xfe, 0xba, 0xbe, 1, 2]), Some(0xcafe_babe));
+        assert_eq!(rtcp_sender(&[0x81, 205, 0, 3, 0, 0, 0, 1]), Some(1));
+        assert_eq!(rtcp_sender(&[0x80, 96, 0, 1, 0, 0, 0, 1, 9]), None, "RTP");
+        assert_eq!(rtcp_sender(&[0x80, 200, 0, 6]), None, "short");
+        assert_eq!(rtcp_sender(&[0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42]), None, "STUN");
+    }
 
     fn probe(kind: Kind, stream_id: u32, counter: u64, key: bool) -> Probe {
         Probe { kind, keyframe: key, frame_start: true, stream_id, counter, sent_ns: 1_000_000 }
