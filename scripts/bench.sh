@@ -9,8 +9,8 @@
 #   scripts/bench.sh --quick          # a shorter set (~2 min): 5 s windows, no GSO floor/rooms/churn, smaller sweeps
 #   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
 #
-# Scenarios (about 7 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 200, fanout 50,
-# fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
+# Scenarios (about 9 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 50 (GSO, viewers
+# with UDP_GRO), floor 200, fanout 50, fanout 50 (viewers with UDP_GRO), fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
 # viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), and — if `janus` is installed
 # (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
 # plugin, pinned like the server, with sfumato/Janus tables. Then PNG charts (latency CDF, CPU per
@@ -346,8 +346,12 @@ SWEEP=(sweep --start "$SWEEP_START" --step "$SWEEP_STEP" --max "$SWEEP_MAX" --du
 started=$(date +%s)
 run floor-50       0 floor --viewers 50  --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
 [ "$QUICK" = 1 ] || run floor-50-gso   0 floor --viewers 50  --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso
+# The same with viewers that take GSO messages whole (UDP_GRO): how much of the per-packet figure is the
+# viewers' kernel receive path, which loopback runs on the sender's CPU (perf/src/gro.rs).
+[ "$QUICK" = 1 ] || run floor-50-gso-gro 0 floor --viewers 50 --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso --receiver-gro
 run floor-200      0 floor --viewers 200 --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
 run_median "$REPEAT" fanout-50  1 fanout --room bench --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+[ "$QUICK" = 1 ] || run_median "$REPEAT" fanout-50-gro 1 fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s --receiver-gro
 run_median "$REPEAT" fanout-200 1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 # The server as deployed (every core; viewers spread over them): its own added latency, CPU shared with the harness.
 run_median "$REPEAT" fanout-50-allcores allcores fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s

@@ -155,7 +155,12 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
         }
         Some("floor") => (
             format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")),
-            format!("plain UDP, {}; {:.2} datagrams/message", s("/send_mode"), num(r, "/reflector_datagrams_per_message").unwrap_or(0.0)),
+            format!(
+                "plain UDP, {}; {:.2} datagrams/message{}",
+                s("/send_mode"),
+                num(r, "/reflector_datagrams_per_message").unwrap_or(0.0),
+                gro_note(r)
+            ),
         ),
         _ => {
             // `scripts/bench.sh` repeats the fan-out runs and keeps the median one (by server ns/pkt).
@@ -167,8 +172,19 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
                     format!("median of {} runs by server ns/pkt ({})", all.len(), all.join(", "))
                 })
                 .unwrap_or_default();
+            let note = [note, gro_note(r).trim_start_matches("; ").to_string()].into_iter().filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; ");
             (format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")), note)
         }
+    }
+}
+
+/// Notes a run whose viewers took GSO messages whole (`--receiver-gro`): less of their kernel work on the
+/// server's CPU over loopback, so not comparable with the other rows' ns/pkt.
+fn gro_note(r: &Value) -> String {
+    if r["receiver_gro"] == Value::Bool(true) {
+        "; viewers receive with UDP_GRO".into()
+    } else {
+        String::new()
     }
 }
 
@@ -388,6 +404,21 @@ mod tests {
         later["runs"][0]["result"]["hop_added_latency_us"]["p50"] = json!(260);
         let c = compare(&d, &later).unwrap();
         assert_eq!(c.iter().find(|x| x.figure == "hop added p50 µs").unwrap().ratio, Some(0.5));
+    }
+
+    #[test]
+    fn receiver_gro_runs_say_so() {
+        let fan = |gro: bool| json!({"scenario": "fanout", "viewers_connected": 50, "viewers_requested": 50, "receiver_gro": gro,
+            "repeats": {"server_cpu_ns_per_packet": [2900, 3000, 3100]}});
+        let floor = json!({"scenario": "floor", "viewers_connected": 50, "viewers_requested": 50, "send_mode": "gso",
+            "reflector_datagrams_per_message": 2.5, "receiver_gro": true});
+        let d = json!({"runs": [{"name": "fanout-50", "result": fan(false)}, {"name": "fanout-50-gro", "result": fan(true)},
+            {"name": "floor-50-gso-gro", "result": floor}]});
+        let md = markdown(&d);
+        let row = |name: &str| md.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap().to_string();
+        assert!(row("fanout-50").ends_with("median of 3 runs by server ns/pkt (2900, 3000, 3100) |"), "{md}");
+        assert!(row("fanout-50-gro").ends_with("median of 3 runs by server ns/pkt (2900, 3000, 3100); viewers receive with UDP_GRO |"), "{md}");
+        assert!(row("floor-50-gso-gro").ends_with("plain UDP, gso; 2.50 datagrams/message; viewers receive with UDP_GRO |"), "{md}");
     }
 
     #[test]

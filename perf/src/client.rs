@@ -26,6 +26,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, VideoOrientation};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use crate::gro;
 use crate::probe::{self, Kind, Probe};
 use crate::raw_rtp::RawRtpStats;
 use crate::stats::ViewerStats;
@@ -236,6 +237,11 @@ pub struct PendingPeer {
 }
 
 impl PendingPeer {
+    /// This peer's socket takes the server's GSO messages whole ([`crate::gro`]; `--receiver-gro`).
+    pub fn receive_gso_batches(&self) -> std::io::Result<()> {
+        gro::enable(self.socket.as_raw_fd())
+    }
+
     /// Starts a peer: binds a UDP socket on `local_ip`, builds an `Rtc`, and creates the SDP offer to POST.
     pub fn offer(local_ip: std::net::IpAddr, role: Role, publisher_cfg: Option<PublisherConfig>) -> Result<(Self, String), PeerError> {
         Self::offer_codecs(local_ip, role, publisher_cfg, false)
@@ -370,6 +376,19 @@ fn media_pt(rtc: &Rtc, mids: &[Mid], kind: MediaKind, codec: Codec) -> Option<(M
 impl Peer {
     pub fn shared(&self) -> Arc<PeerShared> {
         self.shared.clone()
+    }
+
+    /// Feeds the datagrams of one receive (one, or a GSO message's segments) to str0m. `Err` = the peer is dead.
+    fn receive<'a>(&mut self, now: Instant, source: SocketAddr, datagrams: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
+        for d in datagrams {
+            if let Some(ssrc) = crate::stats::rtcp_sender(d).filter(|_| self.shared.role == Role::Viewer) {
+                self.shared.stats().record_rtcp(ssrc);
+            }
+            let Ok(r) = Receive::new(Protocol::Udp, source, self.local, d) else { continue };
+            self.rtc.handle_input(Input::Receive(now, r)).map_err(|e| format!("receive: {e}"))?;
+            self.drain()?;
+        }
+        Ok(())
     }
 
     /// Drains `poll_output` until a timeout: sends transmits, handles events. `Err` = the peer is dead.
@@ -601,7 +620,8 @@ const MAX_WAIT: Duration = Duration::from_millis(1);
 fn run(rx: Receiver<Cmd>, _load: Arc<AtomicU64>) {
     let mut peers: Vec<Peer> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
-    let mut buf = vec![0u8; 2048];
+    // Room for a whole GSO message on a `--receiver-gro` socket.
+    let mut buf = vec![0u8; 65536];
     loop {
         // Commands.
         loop {
@@ -674,15 +694,11 @@ fn run(rx: Receiver<Cmd>, _load: Arc<AtomicU64>) {
             }
             let p = &mut peers[idx];
             loop {
-                match p.socket.recv_from(&mut buf) {
-                    Ok((n, source)) => {
+                match gro::recv(p.socket.as_raw_fd(), &mut buf) {
+                    Ok(got) => {
                         let now = Instant::now();
-                        if let Some(ssrc) = crate::stats::rtcp_sender(&buf[..n]).filter(|_| p.shared.role == Role::Viewer) {
-                            p.shared.stats().record_rtcp(ssrc);
-                        }
-                        let Ok(r) = Receive::new(Protocol::Udp, source, p.local, &buf[..n]) else { continue };
-                        let res = p.rtc.handle_input(Input::Receive(now, r)).map_err(|e| format!("receive: {e}")).and_then(|_| p.drain());
-                        if let Err(e) = res {
+                        let Some(source) = got.from else { continue };
+                        if let Err(e) = p.receive(now, source, got.datagrams(&buf)) {
                             dead.push((idx, e));
                             break;
                         }

@@ -32,6 +32,8 @@ pub struct FanoutConfig {
     pub server_pid: Option<u32>,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Viewer sockets take the server's GSO messages whole (`UDP_GRO`, [`crate::gro`]).
+    pub receiver_gro: bool,
 }
 
 /// A viewer's window result.
@@ -82,7 +84,7 @@ fn sleep_with_progress(cfg: &FanoutConfig, d: Duration, t0: Instant, phase: &str
 
 pub fn run(cfg: &FanoutConfig) -> Result<FanoutOutcome, HarnessError> {
     let t0 = Instant::now();
-    let h = Harness::new(&cfg.target, cfg.threads)?;
+    let h = Harness::new(&cfg.target, cfg.threads)?.with_gro_viewers(cfg.receiver_gro);
     let publisher = h.publish(&cfg.room, cfg.publisher)?;
     let res = run_with(cfg, &h, &publisher, t0);
     let _ = h.delete(&publisher);
@@ -195,6 +197,7 @@ fn run_with(cfg: &FanoutConfig, h: &Harness, publisher: &Session, t0: Instant) -
     tally.fill(&mut result);
     d.fill(&mut result);
     result.server_rss_bytes_per_viewer = rss_per_viewer(rss_before, d.rss_bytes, result.viewers_connected);
+    result.extra.insert("receiver_gro".into(), cfg.receiver_gro.into());
 
     // Teardown.
     for v in &viewers {
@@ -210,8 +213,14 @@ pub fn summary(r: &RunResult) -> String {
     let mut s = String::new();
     let opt = |x: Option<f64>, unit: &str| x.map(|v| format!("{v:.0} {unit}")).unwrap_or_else(|| "n/a".into());
     s.push_str(&format!(
-        "{} {} room {}: {}/{} viewers connected, {} driver thread(s)\n",
-        r.scenario, r.target, r.room, r.viewers_connected, r.viewers_requested, r.threads
+        "{} {} room {}: {}/{} viewers connected, {} driver thread(s){}\n",
+        r.scenario,
+        r.target,
+        r.room,
+        r.viewers_connected,
+        r.viewers_requested,
+        r.threads,
+        if r.extra.get("receiver_gro") == Some(&serde_json::Value::Bool(true)) { ", viewers receive GSO messages whole (UDP_GRO)" } else { "" }
     ));
     s.push_str(&format!(
         "  publisher: {} kbit/s video, {} fps × {} packets of {} B, + 20 ms audio\n",

@@ -29,6 +29,8 @@ pub struct FloorConfig {
     /// CPU for the publisher and viewer threads (the harness's CPU).
     pub harness_cpu: Option<usize>,
     pub progress: bool,
+    /// Viewer sockets take GSO messages whole (`UDP_GRO`, [`crate::gro`]).
+    pub receiver_gro: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,7 @@ impl Clocks {
 
 pub fn run(cfg: &FloorConfig) -> Result<RunResult, FloorError> {
     let ip: std::net::IpAddr = "127.0.0.1".parse().expect("constant address");
-    let viewers = UdpViewers::spawn(cfg.viewers, ip, cfg.harness_cpu).map_err(FloorError::Viewers)?;
+    let viewers = UdpViewers::spawn(cfg.viewers, ip, cfg.harness_cpu, cfg.receiver_gro).map_err(FloorError::Viewers)?;
     let reflector = Reflector::spawn((ip, 0).into(), viewers.addrs().to_vec(), cfg.mode, cfg.reflector_cpu)
         .map_err(FloorError::Reflector)?;
     let publisher = UdpPublisher::spawn(reflector.addr(), reflector.addr(), cfg.publisher, cfg.harness_cpu).map_err(FloorError::Publisher)?;
@@ -155,6 +157,7 @@ fn result(cfg: &FloorConfig, tally: &Tally, sent: u64, c0: &Clocks, c1: &Clocks)
     let per = |a: u64, b: u64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
     let x = &mut out.extra;
     x.insert("send_mode".into(), serde_json::json!(cfg.mode));
+    x.insert("receiver_gro".into(), cfg.receiver_gro.into());
     x.insert("reflector_cpu".into(), serde_json::json!(cfg.reflector_cpu));
     x.insert("reflector_packets_in".into(), r.packets_in.into());
     x.insert("reflector_recv_batch_avg".into(), per(r.packets_in, r.recv_calls).into());
@@ -170,8 +173,9 @@ pub fn summary(r: &RunResult) -> String {
     let g = |k: &str| r.extra.get(k).cloned().unwrap_or_default();
     let l = r.latency_us;
     let mut s = format!(
-        "floor ({}): 1 → {} viewers ({} with video), plain UDP, reflector on CPU {}\n",
+        "floor ({}{}): 1 → {} viewers ({} with video), plain UDP, reflector on CPU {}\n",
         g("send_mode").as_str().unwrap_or("?"),
+        if g("receiver_gro") == serde_json::Value::Bool(true) { ", receivers GRO" } else { "" },
         r.viewers_requested,
         r.viewers_connected,
         g("reflector_cpu"),
@@ -214,7 +218,7 @@ mod tests {
     /// The whole scenario in-process, no server: a few viewers for a second, both send modes.
     #[test]
     fn floor_smoke() {
-        for mode in [SendMode::Sendmmsg, SendMode::Gso] {
+        for (mode, receiver_gro) in [(SendMode::Sendmmsg, false), (SendMode::Gso, false), (SendMode::Gso, true)] {
             let cfg = FloorConfig {
                 viewers: 5,
                 publisher: PublisherConfig { bitrate_bps: 1_000_000, ..PublisherConfig::default() },
@@ -224,6 +228,7 @@ mod tests {
                 reflector_cpu: None,
                 harness_cpu: None,
                 progress: false,
+                receiver_gro,
             };
             let r = run(&cfg).unwrap();
             assert_eq!(r.scenario, "floor");
@@ -237,6 +242,7 @@ mod tests {
             assert!(r.server_cpu_ns_per_packet.is_some_and(|v| v > 0.0));
             let v = serde_json::to_value(&r).unwrap();
             assert_eq!(v["send_mode"], serde_json::json!(if mode == SendMode::Gso { "gso" } else { "sendmmsg" }));
+            assert_eq!(v["receiver_gro"], serde_json::json!(receiver_gro));
             assert!(summary(&r).contains("floor"));
         }
     }

@@ -61,6 +61,8 @@ pub struct Harness {
     local_ip: IpAddr,
     /// Viewers also offer H.264 (for rooms fed by RTMP).
     viewer_h264: bool,
+    /// Viewer sockets take GSO messages whole (`UDP_GRO`).
+    viewer_gro: bool,
 }
 
 impl Harness {
@@ -76,12 +78,18 @@ impl Harness {
             .map(|a| a.ip())
             .map_err(PeerError::Socket)?;
         let drivers = (0..threads.max(1)).map(|i| Driver::spawn(&format!("perf-driver-{i}"))).collect();
-        Ok(Self { http, drivers, local_ip, viewer_h264: false })
+        Ok(Self { http, drivers, local_ip, viewer_h264: false, viewer_gro: false })
     }
 
     /// Viewers joined from now on also offer H.264 (an RTMP publisher's video is H.264).
     pub fn with_h264_viewers(mut self) -> Self {
         self.viewer_h264 = true;
+        self
+    }
+
+    /// Viewers joined from now on read the server's GSO messages whole (`--receiver-gro`, [`crate::gro`]).
+    pub fn with_gro_viewers(mut self, on: bool) -> Self {
+        self.viewer_gro = on;
         self
     }
 
@@ -109,6 +117,9 @@ impl Harness {
 
     fn connect_via(&self, http: &HttpClient, role: Role, room: &str, cfg: Option<PublisherConfig>) -> Result<Session, HarnessError> {
         let (pending, offer) = PendingPeer::offer_codecs(self.local_ip, role, cfg, self.viewer_h264 && role == Role::Viewer)?;
+        if self.viewer_gro && role == Role::Viewer {
+            pending.receive_gso_batches().map_err(PeerError::Socket)?;
+        }
         let path = match role {
             Role::Publisher => format!("/whip/{room}"),
             Role::Viewer => format!("/whep/{room}"),

@@ -13,6 +13,7 @@
 //! - [`measure`]: adding up a measured window over viewers.
 //! - [`fanout`]: the one-publisher, N-viewer scenario.
 //! - [`floor`]: the same fan-out over plain UDP ([`reflector`], [`udp_peers`]): the machine's floor.
+//! - [`gro`]: viewer sockets that take the server's GSO messages whole (`--receiver-gro`).
 //! - [`rooms`]: R rooms × (P publishers, V viewers); [`churn`]: viewers joining and leaving, leak check.
 //! - [`janus`], [`janus_fanout`]: `fanout --target-kind janus`, the same fan-out through Janus.
 //! - [`cascade`]: publisher on one `sfumato media` node, viewers on it and on nodes cascading from it.
@@ -26,6 +27,7 @@ pub mod churn;
 pub mod client;
 pub mod fanout;
 pub mod floor;
+pub mod gro;
 pub mod harness;
 pub mod http_client;
 pub mod janus;

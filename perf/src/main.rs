@@ -159,6 +159,10 @@ struct FanoutArgs {
     /// Server process id: adds server CPU ns per forwarded packet and RSS (from /proc).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Viewer sockets take the server's GSO messages whole (UDP_GRO): over loopback less of the viewers'
+    /// kernel receive work is done on (and charged to) the server's CPU. Off by default.
+    #[arg(long)]
+    receiver_gro: bool,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -185,6 +189,10 @@ struct FloorArgs {
     /// Send a run of same-size datagrams to each viewer as one UDP_SEGMENT (GSO) message.
     #[arg(long)]
     gso: bool,
+    /// Viewer sockets take a GSO message whole (UDP_GRO): less of the receivers' kernel work lands on the
+    /// reflector's CPU over loopback. Off by default (one datagram per receive).
+    #[arg(long)]
+    receiver_gro: bool,
     /// CPU the reflector thread is pinned to (where the server would run).
     #[arg(long, default_value_t = 0)]
     reflector_cpu: usize,
@@ -492,6 +500,7 @@ fn fanout_cmd(a: FanoutArgs) -> Result<bool, String> {
         connect_timeout: a.connect_timeout,
         server_pid: a.server_pid,
         progress: !a.out.quiet,
+        receiver_gro: a.receiver_gro,
     };
     let out = fanout::run(&cfg).map_err(|e| e.to_string())?;
     print!("{}", fanout::summary(&out.result));
@@ -514,6 +523,7 @@ fn floor_cmd(a: FloorArgs) -> Result<bool, String> {
         reflector_cpu: (!a.no_pin).then_some(a.reflector_cpu),
         harness_cpu: a.harness_cpu,
         progress: !a.out.quiet,
+        receiver_gro: a.receiver_gro,
     };
     let r = floor::run(&cfg).map_err(|e| e.to_string())?;
     print!("{}", floor::summary(&r));
@@ -599,6 +609,7 @@ fn sweep_cmd(a: SweepArgs) -> Result<bool, String> {
                 connect_timeout: a.connect_timeout,
                 server_pid: a.server_pid,
                 progress: false,
+                receiver_gro: false,
             })
             .map(|o| o.result)
             .map_err(|e| e.to_string()),
@@ -626,6 +637,7 @@ fn sweep_cmd(a: SweepArgs) -> Result<bool, String> {
                 reflector_cpu: Some(a.reflector_cpu),
                 harness_cpu: None,
                 progress: false,
+                receiver_gro: false,
             })
             .map_err(|e| e.to_string()),
         }

@@ -151,11 +151,15 @@ pub struct UdpViewers {
 }
 
 impl UdpViewers {
-    pub fn spawn(n: usize, ip: std::net::IpAddr, cpu: Option<usize>) -> std::io::Result<Self> {
+    /// `gro`: the sockets take GSO messages whole ([`crate::gro`]).
+    pub fn spawn(n: usize, ip: std::net::IpAddr, cpu: Option<usize>, gro: bool) -> std::io::Result<Self> {
         let sockets: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind(SocketAddr::new(ip, 0))).collect::<Result<_, _>>()?;
         let mut addrs = Vec::with_capacity(n);
         for s in &sockets {
             s.set_nonblocking(true)?;
+            if gro {
+                crate::gro::enable(s.as_raw_fd())?;
+            }
             addrs.push(s.local_addr()?);
         }
         // SAFETY: plain syscall; the fd is checked and owned by the thread below.
@@ -215,7 +219,8 @@ impl Drop for UdpViewers {
 
 fn receive_loop(ep: libc::c_int, sockets: &[UdpSocket], stats: &[Mutex<ViewerStats>], stop: &AtomicBool) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let mut buf = [0u8; 2048];
+    // Room for a whole GSO message on a GRO socket.
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Acquire) {
         // SAFETY: events has room for `events.len()` entries.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as libc::c_int, 100) };
@@ -226,15 +231,17 @@ fn receive_loop(ep: libc::c_int, sockets: &[UdpSocket], stats: &[Mutex<ViewerSta
             let i = ev.u64 as usize;
             let Some(s) = sockets.get(i) else { continue };
             loop {
-                match s.recv(&mut buf) {
-                    Ok(len) => {
+                match crate::gro::recv(s.as_raw_fd(), &mut buf) {
+                    Ok(got) => {
                         let now = probe::ns_since_epoch(Instant::now());
                         let mut st = stats[i].lock().unwrap_or_else(|e| e.into_inner());
-                        match parse_datagram(&buf[..len]) {
-                            Some((p, seq, ts)) => {
-                                st.record(&p, now, seq, ts);
+                        for d in got.datagrams(&buf) {
+                            match parse_datagram(d) {
+                                Some((p, seq, ts)) => {
+                                    st.record(&p, now, seq, ts);
+                                }
+                                None => st.foreign_packets += 1,
                             }
-                            None => st.foreign_packets += 1,
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -263,7 +270,7 @@ mod tests {
 
     #[test]
     fn publisher_to_viewer() {
-        let v = UdpViewers::spawn(2, "127.0.0.1".parse().unwrap(), None).unwrap();
+        let v = UdpViewers::spawn(2, "127.0.0.1".parse().unwrap(), None, false).unwrap();
         let cfg = PublisherConfig { bitrate_bps: 500_000, fps: 50, ..PublisherConfig::default() };
         let p = UdpPublisher::spawn(v.addrs()[1], v.addrs()[1], cfg, None).unwrap();
         std::thread::sleep(Duration::from_millis(300));

@@ -1,5 +1,5 @@
-//! Smoke runs of the `rooms`, `churn` and `cascade` scenarios against a real server (a few viewers, ~2 s
-//! each; `cascade` starts two `sfumato media` nodes).
+//! Smoke runs of the `fanout`, `rooms`, `churn` and `cascade` scenarios against a real server (a few viewers,
+//! ~2 s each; `cascade` starts two `sfumato media` nodes).
 //!
 //! The server binary is `target/release/sfumato` of this workspace (another package, so Cargo doesn't
 //! build it for this test): build it first with `cargo build --release -p sfumato`, or point
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use sfumato_perf::cascade::{self, CascadeConfig};
 use sfumato_perf::churn::{self, ChurnConfig};
 use sfumato_perf::client::{next_stream_id, PublisherConfig};
+use sfumato_perf::fanout::{self, FanoutConfig};
 use sfumato_perf::http_client::HttpClient;
 use sfumato_perf::rooms::{self, RoomsConfig};
 
@@ -60,6 +61,38 @@ fn start_server() -> Option<Server> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Some(s)
+}
+
+/// The same fan-out with viewers reading datagram by datagram and with `--receiver-gro` (the server's GSO
+/// messages taken whole and split by the harness): every packet arrives either way.
+#[test]
+fn fanout_smoke_with_and_without_receiver_gro() {
+    let Some(srv) = start_server() else { return };
+    for receiver_gro in [false, true] {
+        let cfg = FanoutConfig {
+            target: srv.base.clone(),
+            room: format!("smoke-gro-{receiver_gro}"),
+            viewers: 4,
+            publisher: PublisherConfig { bitrate_bps: 1_000_000, stream_id: next_stream_id(), ..PublisherConfig::default() },
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
+            threads: 1,
+            ramp_per_s: None,
+            connect_timeout: Duration::from_secs(10),
+            server_pid: Some(srv.child.id()),
+            progress: false,
+            receiver_gro,
+        };
+        let r = fanout::run(&cfg).expect("fanout run").result;
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["receiver_gro"], receiver_gro);
+        assert_eq!(r.viewers_connected, 4, "gro {receiver_gro}");
+        assert!(r.packets_sent >= 200, "gro {receiver_gro}: ~170 packets/s, sent {}", r.packets_sent);
+        assert!(r.loss_ratio < 0.01, "gro {receiver_gro}: loss {}", r.loss_ratio);
+        assert_eq!(r.duplicates, 0, "gro {receiver_gro}");
+        assert!(r.server_cpu_ns_per_packet.is_some());
+        assert!(fanout::summary(&r).contains("UDP_GRO") == receiver_gro);
+    }
 }
 
 #[test]
