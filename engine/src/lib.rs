@@ -10,7 +10,9 @@ pub mod cpus;
 pub mod mesh;
 pub mod runtime;
 pub mod shutdown;
+pub mod wake_timer;
 
 pub use mesh::{CoreLinks, Mesh, MeshEndpoints, SendError};
 pub use runtime::{CoreContext, Engine, EngineConfig, EngineError};
 pub use shutdown::Shutdown;
+pub use wake_timer::WakeTimer;
