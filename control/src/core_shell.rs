@@ -87,10 +87,14 @@ pub struct CoreShell {
     pub cluster: OnceCell<Weak<crate::cluster_shell::ClusterPort>>,
     /// When a datagram wake-up last drove the due timeouts.
     timeouts_driven: Cell<Instant>,
-    /// When [`CoreShell::tick`] last ran, and the timer task's timer (made by `timer_loop` on the executor;
-    /// datagram wake-ups push it back).
+    /// When [`CoreShell::tick`] last ran.
     last_tick: Cell<Instant>,
+    /// The timer task's timer, made by `timer_loop` on the executor; datagram wake-ups push it back.
     tick_timer: OnceCell<WakeTimer>,
+    /// Set if the timerfd can't be used (not expected on Linux): the timer task then ticks on a glommio timer
+    /// every [`TICK_MIN`], woken through `tick_fallback_waker` if it was waiting on the timerfd.
+    tick_fallback: Cell<bool>,
+    tick_fallback_waker: RefCell<Option<std::task::Waker>>,
 }
 
 impl CoreShell {
@@ -118,6 +122,8 @@ impl CoreShell {
             timeouts_driven: Cell::new(Instant::now()),
             last_tick: Cell::new(Instant::now()),
             tick_timer: OnceCell::new(),
+            tick_fallback: Cell::new(false),
+            tick_fallback_waker: RefCell::new(None),
         })
     }
 
@@ -241,30 +247,71 @@ impl CoreShell {
     }
 
     fn arm_tick(&self, after: Duration) {
-        if let Some(timer) = self.tick_timer.get() {
-            if let Err(e) = timer.arm(after) {
-                tracing::warn!(core = self.core(), error = %e, "arming the tick timer failed");
-            }
+        let Some(timer) = self.tick_timer.get() else { return };
+        if self.tick_fallback.get() {
+            return;
+        }
+        if let Err(e) = timer.arm(after) {
+            tracing::error!(core = self.core(), error = %e, "arming the tick timer failed; ticking every 20 ms on a glommio timer from now on");
+            self.fall_back_to_glommio_tick();
         }
     }
 
+    fn fall_back_to_glommio_tick(&self) {
+        self.tick_fallback.set(true);
+        if let Some(waker) = self.tick_fallback_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once the tick has fallen back to a glommio timer.
+    async fn tick_fell_back(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.tick_fallback.get() {
+                std::task::Poll::Ready(())
+            } else {
+                *self.tick_fallback_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
     async fn timer_loop(self: Rc<Self>) {
-        let timer = match WakeTimer::new() {
-            Ok(t) => self.tick_timer.get_or_init(|| t),
-            Err(e) => {
-                tracing::warn!(core = self.core(), error = %e, "no timerfd; ticking on a glommio timer every 20 ms");
-                loop {
-                    glommio::timer::sleep(TICK_MIN).await;
+        match WakeTimer::new() {
+            Ok(t) => {
+                let timer = self.tick_timer.get_or_init(|| t);
+                self.arm_tick(TICK_MIN);
+                let mut failures = 0u32;
+                while !self.tick_fallback.get() {
+                    let expired = futures_lite::future::or(async { Some(timer.expired().await) }, async {
+                        self.tick_fell_back().await;
+                        None
+                    })
+                    .await;
+                    match expired {
+                        Some(Ok(())) => failures = 0,
+                        Some(Err(e)) if failures < 2 => {
+                            failures += 1;
+                            tracing::warn!(core = self.core(), error = %e, "tick timer read failed; ticking in 20 ms");
+                            glommio::timer::sleep(TICK_MIN).await;
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(core = self.core(), error = %e, "tick timer read failed 3 times; ticking every 20 ms on a glommio timer from now on");
+                            self.fall_back_to_glommio_tick();
+                        }
+                        None => {}
+                    }
                     self.tick(Instant::now()).await;
                 }
             }
-        };
-        self.arm_tick(TICK_MIN);
-        loop {
-            if let Err(e) = timer.expired().await {
-                tracing::warn!(core = self.core(), error = %e, "tick timer read failed; retrying in 20 ms");
-                glommio::timer::sleep(TICK_MIN).await;
+            Err(e) => {
+                tracing::warn!(core = self.core(), error = %e, "no timerfd; ticking every 20 ms on a glommio timer");
+                self.fall_back_to_glommio_tick();
             }
+        }
+        loop {
+            glommio::timer::sleep(TICK_MIN).await;
             self.tick(Instant::now()).await;
         }
     }

@@ -7,7 +7,8 @@
 //! as one buffer of equal segments (the last may be shorter), so that artifact shrinks — it does not go away
 //! (IP/UDP receive and one enqueue per message remain). `fanout --receiver-gro` and `floor --receiver-gro`
 //! measure that way; the default stays one datagram per receive, as in every earlier result.
-//! Senders that don't use GSO (Janus) are unaffected: a plain datagram arrives as itself either way.
+//! On loopback, senders that don't use GSO (Janus) are unaffected: a plain datagram arrives as itself either
+//! way (a real NIC's GRO could merge them for such a socket too; the harness splits them all the same).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -42,15 +43,17 @@ pub struct Received {
 }
 
 impl Received {
-    /// The datagrams in `buf` (the buffer this receive filled).
-    pub fn datagrams<'a>(&self, buf: &'a [u8]) -> std::slice::Chunks<'a, u8> {
+    /// The datagrams in `buf` (the buffer this receive filled); an empty datagram is one empty slice.
+    pub fn datagrams<'a>(&self, buf: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a> {
         let data = &buf[..self.len.min(buf.len())];
-        data.chunks(self.segment.unwrap_or(data.len()).max(1))
+        let empty: &'a [u8] = &[];
+        data.chunks(self.segment.unwrap_or(data.len()).max(1)).chain(data.is_empty().then_some(empty))
     }
 }
 
 /// `recvmsg` (non-blocking if the socket is) into `buf`; reads the `UDP_GRO` segment size if there is one.
-/// `buf` should hold a whole GSO message (64 KiB) on a socket with [`enable`]d GRO.
+/// `buf` should hold a whole GSO message (64 KiB) on a socket with [`enable`]d GRO: a message cut short by
+/// a smaller buffer is an `InvalidData` error (its datagrams are lost), not a short last datagram.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     // SAFETY: zeroed sockaddr_storage/msghdr are valid; every pointer in `msg` points into locals that
     // outlive the call, with the lengths given; CMSG_* walk the control buffer the kernel filled, bounded
@@ -69,6 +72,9 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         let n = libc::recvmsg(fd, &mut msg, 0);
         if n < 0 {
             return Err(io::Error::last_os_error());
+        }
+        if msg.msg_flags & libc::MSG_TRUNC != 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("datagram larger than the {}-byte buffer", buf.len())));
         }
         let mut segment = None;
         let mut c = libc::CMSG_FIRSTHDR(&msg);
@@ -96,7 +102,7 @@ fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
-                u32::from_be(a.sin6_flowinfo),
+                a.sin6_flowinfo,
                 a.sin6_scope_id,
             )))
         }
@@ -114,27 +120,22 @@ mod tests {
     /// `data` to `to` as one message split by the kernel into `segment`-byte datagrams (`UDP_SEGMENT`).
     fn send_gso(tx: &UdpSocket, to: SocketAddr, data: &[u8], segment: u16) {
         let SocketAddr::V4(to) = to else { panic!("IPv4 test address") };
-        // SAFETY: every pointer in `msg` points into locals that outlive the call; the control buffer
-        // (8-byte aligned, 32 bytes) has room for CMSG_SPACE(2).
+        let mut control = [0u64; 4];
+        let (control_ptr, control_len) = crate::reflector::write_segment_cmsg(&mut control, segment);
+        // SAFETY: every pointer in `msg` points into locals that outlive the call.
         let sent = unsafe {
             let mut addr: libc::sockaddr_in = std::mem::zeroed();
             addr.sin_family = libc::AF_INET as libc::sa_family_t;
             addr.sin_port = to.port().to_be();
             addr.sin_addr.s_addr = u32::from(*to.ip()).to_be();
             let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-            let mut control = [0u64; 4];
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_name = &mut addr as *mut libc::sockaddr_in as *mut libc::c_void;
             msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = libc::CMSG_SPACE(2) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_UDP;
-            (*c).cmsg_type = libc::UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, segment);
+            msg.msg_control = control_ptr;
+            msg.msg_controllen = control_len as _;
             libc::sendmsg(tx.as_raw_fd(), &msg, 0)
         };
         assert_eq!(sent, data.len() as isize, "UDP_SEGMENT send: {}", io::Error::last_os_error());
@@ -172,10 +173,21 @@ mod tests {
         assert_eq!((r.len, r.segment, r.from), (2600, Some(1000), Some(tx.local_addr().unwrap())));
         assert_eq!(datagrams, &frame);
 
-        // A plain datagram to a GRO socket is just itself.
+        // A plain datagram to a GRO socket is just itself; an empty one is one empty datagram.
         tx.send_to(&[7u8; 300], gro.local_addr().unwrap()).unwrap();
-        let single = receive_all(&gro);
-        assert_eq!(single.len(), 1);
-        assert_eq!((single[0].0.len, single[0].1.len()), (300, 1));
+        tx.send_to(&[], gro.local_addr().unwrap()).unwrap();
+        let singles = receive_all(&gro);
+        assert_eq!(singles.iter().map(|(r, d)| (r.len, d.len())).collect::<Vec<_>>(), [(300, 1), (0, 1)]);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_buffer_is_an_error_not_a_short_datagram() {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        tx.send_to(&[1u8; 1000], rx.local_addr().unwrap()).unwrap();
+        let mut small = [0u8; 100];
+        let err = recv(rx.as_raw_fd(), &mut small).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 }

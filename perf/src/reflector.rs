@@ -424,7 +424,7 @@ impl Loop {
 }
 
 /// Writes a `SOL_UDP/UDP_SEGMENT` control message into `buf`; returns (pointer, length) for `msg_control`.
-fn write_segment_cmsg(buf: &mut [u64; 4], segment: u16) -> (*mut libc::c_void, usize) {
+pub(crate) fn write_segment_cmsg(buf: &mut [u64; 4], segment: u16) -> (*mut libc::c_void, usize) {
     // SAFETY: CMSG_SPACE(2) = 24 bytes ≤ 32 (the buffer, 8-byte aligned). A msghdr pointing at the buffer
     // gives CMSG_FIRSTHDR a valid header inside it; CMSG_DATA has room for the u16.
     unsafe {
