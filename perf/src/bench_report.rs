@@ -159,7 +159,7 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
                 "plain UDP, {}; {:.2} datagrams/message{}",
                 s("/send_mode"),
                 num(r, "/reflector_datagrams_per_message").unwrap_or(0.0),
-                gro_note(r)
+                gro_note(r).map(|n| format!("; {n}")).unwrap_or_default()
             ),
         ),
         _ => {
@@ -172,7 +172,11 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
                     format!("median of {} runs by server ns/pkt ({})", all.len(), all.join(", "))
                 })
                 .unwrap_or_default();
-            let note = [note, gro_note(r).trim_start_matches("; ").to_string()].into_iter().filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; ");
+            let note = match gro_note(r) {
+                Some(gro) if note.is_empty() => gro.to_string(),
+                Some(gro) => format!("{note}; {gro}"),
+                None => note,
+            };
             (format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")), note)
         }
     }
@@ -180,12 +184,8 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
 
 /// Notes a run whose viewers took GSO messages whole (`--receiver-gro`): less of their kernel work on the
 /// server's CPU over loopback, so not comparable with the other rows' ns/pkt.
-fn gro_note(r: &Value) -> String {
-    if r["receiver_gro"] == Value::Bool(true) {
-        "; viewers receive with UDP_GRO".into()
-    } else {
-        String::new()
-    }
+fn gro_note(r: &Value) -> Option<&'static str> {
+    (r["receiver_gro"] == true).then_some("viewers receive with UDP_GRO")
 }
 
 /// The Markdown table of a results document.

@@ -11,7 +11,7 @@
 //! way (a real NIC's GRO could merge them for such a socket too; the harness splits them all the same).
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 /// Enables `UDP_GRO` on `fd`: GSO messages arrive whole, with their segment size.
@@ -57,7 +57,8 @@ impl Received {
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     // SAFETY: zeroed sockaddr_storage/msghdr are valid; every pointer in `msg` points into locals that
     // outlive the call, with the lengths given; CMSG_* walk the control buffer the kernel filled, bounded
-    // by msg_controllen.
+    // by msg_controllen; `addr` holds the `msg_namelen` bytes of address the kernel wrote (as in
+    // `net/src/udp.rs::RecvBatch`).
     unsafe {
         let mut addr: libc::sockaddr_storage = std::mem::zeroed();
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
@@ -85,28 +86,8 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
-        Ok(Received { len: n as usize, from: socket_addr(&addr), segment })
-    }
-}
-
-fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(addr.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a = unsafe { &*(addr as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a = unsafe { &*(addr as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
+        let from = socket2::SockAddr::new(addr, msg.msg_namelen).as_socket();
+        Ok(Received { len: n as usize, from, segment })
     }
 }
 
