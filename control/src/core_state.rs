@@ -505,6 +505,12 @@ impl CoreState {
         self.sessions.len()
     }
 
+    /// Nothing here needs the periodic tick: no session (str0m deadlines, liveness, stats) and no room
+    /// whose bitrate hints are swept. The core's timer then sleeps long (`core_shell.rs`, `TICK_IDLE`).
+    pub fn is_idle(&self) -> bool {
+        self.sessions.is_empty() && self.bitrate.is_empty()
+    }
+
     // ---- internals --------------------------------------------------------------------------------------
 
     /// Polls a session until it has nothing more to say and acts on what it said.
