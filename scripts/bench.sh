@@ -350,6 +350,8 @@ run floor-50       0 floor --viewers 50  --duration "$DURATION" --reflector-cpu 
 # viewers' kernel receive path, which loopback runs on the sender's CPU (perf/src/gro.rs).
 [ "$QUICK" = 1 ] || run floor-50-gso-gro 0 floor --viewers 50 --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso --receiver-gro
 run floor-200      0 floor --viewers 200 --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
+# One viewer: the CPU that does not grow with the audience (the report's cost model, fanout-1 → fanout-50).
+run_median "$REPEAT" fanout-1   1 fanout --room bench --viewers 1   --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 run_median "$REPEAT" fanout-50  1 fanout --room bench --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 [ "$QUICK" = 1 ] || run_median "$REPEAT" fanout-50-gro 1 fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s --receiver-gro
 run_median "$REPEAT" fanout-200 1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
@@ -388,6 +390,7 @@ mkdir -p "$RESULTS"
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)" \
     --meta "pinning=server CPU $SERVER_CPU (--cores 1), harness CPU $HARNESS_CPU; *-allcores: server on every CPU, unpinned" \
     --meta "duration=$DURATION" \
+    --cost-model fanout-1:fanout-50 --cost-model fanout-1:fanout-200 \
     --out "$OUT_JSON" --md "$OUT_MD" "${PAIRS[@]}" "${RUNS[@]}"
 
 # Charts next to the results (a failure here leaves the results in place).

@@ -280,6 +280,71 @@ pub fn sweep_pair_note(doc: &Value, a: &str, b: &str) -> Option<String> {
     ))
 }
 
+/// A two-point model of the server's CPU from fan-out runs of the same publisher with few viewers (`one`,
+/// e.g. fanout-1) and with many (`many`): CPU a second = `fixed` + `marginal` × packets forwarded a second.
+/// `fixed` is what the publisher costs whatever the audience (its receive path, the reactor's wake-ups, the
+/// first viewer's send per burst); `marginal` is each further viewer's packet. What a capacity plan needs,
+/// and what shows how much of `many`'s CPU per packet is the fixed part spread over its viewers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CostModel {
+    pub one: String,
+    pub many: String,
+    /// CPU milliseconds a second that do not grow with the audience.
+    pub fixed_ms_per_s: f64,
+    /// CPU nanoseconds per further forwarded packet.
+    pub marginal_ns: f64,
+    /// `many`'s viewers and CPU per forwarded packet, and the fixed part's share of that figure.
+    pub many_viewers: f64,
+    pub many_ns: f64,
+    pub many_fixed_share_ns: f64,
+}
+
+/// The [`CostModel`] of runs `one` and `many` of `doc`: `None` unless both are fan-outs with CPU, packet and
+/// duration figures and `many` forwarded more packets a second than `one`.
+pub fn cost_model(doc: &Value, one: &str, many: &str) -> Option<CostModel> {
+    let find = |n: &str| doc["runs"].as_array().and_then(|r| r.iter().find(|x| x["name"] == n)).map(|x| x["result"].clone());
+    // (CPU ns a second, packets forwarded a second, viewers, ns per packet)
+    let rates = |r: &Value| -> Option<(f64, f64, f64, f64)> {
+        if r["scenario"] != "fanout" {
+            return None;
+        }
+        let (ns, pkts, secs) = (num(r, "/server_cpu_ns_per_packet")?, num(r, "/server_packets_forwarded")?, num(r, "/duration_s")?);
+        (secs > 0.0 && pkts > 0.0).then(|| (ns * pkts / secs, pkts / secs, num(r, "/viewers_connected").unwrap_or(0.0), ns))
+    };
+    let (cpu1, rate1, _, _) = rates(&find(one)?)?;
+    let (cpu_n, rate_n, viewers, ns_n) = rates(&find(many)?)?;
+    if rate_n <= rate1 {
+        return None;
+    }
+    let marginal = (cpu_n - cpu1) / (rate_n - rate1);
+    let fixed = cpu1 - marginal * rate1;
+    Some(CostModel {
+        one: one.to_string(),
+        many: many.to_string(),
+        fixed_ms_per_s: fixed / 1e6,
+        marginal_ns: marginal,
+        many_viewers: viewers,
+        many_ns: ns_n,
+        many_fixed_share_ns: fixed / rate_n,
+    })
+}
+
+/// The Markdown line for a [`CostModel`].
+pub fn cost_model_markdown(m: &CostModel) -> String {
+    format!(
+        "\ncost model ({one} → {many}): server CPU = **{fixed:.1} ms a second** fixed (the publisher: its receive \
+         path and the reactor's wake-ups, whatever the audience) + **{marginal:.0} ns per forwarded packet**; at \
+         {v:.0} viewers the fixed part is {share:.0} of the {ns:.0} ns per packet.\n",
+        one = m.one,
+        many = m.many,
+        fixed = m.fixed_ms_per_s,
+        marginal = m.marginal_ns,
+        v = m.many_viewers,
+        share = m.many_fixed_share_ns,
+        ns = m.many_ns,
+    )
+}
+
 /// One compared figure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratio {
@@ -434,4 +499,24 @@ mod tests {
         assert!(gather("d", &[], &["nofile".into()]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn cost_model_splits_fixed_and_marginal_cpu() {
+        // 1 viewer: 170 packets/s at 50 µs = 8.5 ms/s; 50 viewers: 8500 packets/s at 3.6 µs = 30.6 ms/s.
+        let run = |name: &str, v: u64, ns: f64| json!({"name": name, "result": {"scenario": "fanout", "viewers_connected": v,
+            "server_cpu_ns_per_packet": ns, "server_packets_forwarded": 170 * v * 10, "duration_s": 10.0}});
+        let d = json!({"runs": [run("fanout-1", 1, 50_000.0), run("fanout-50", 50, 3600.0)]});
+        let m = cost_model(&d, "fanout-1", "fanout-50").unwrap();
+        let marginal = (30.6e6 - 8.5e6) / (8500.0 - 170.0);
+        assert!((m.marginal_ns - marginal).abs() < 1e-6, "{m:?}");
+        assert!((m.fixed_ms_per_s - (8.5 - marginal * 170.0 / 1e6)).abs() < 1e-9, "{m:?}");
+        // fixed + marginal × rate gives back both runs' CPU.
+        assert!((m.fixed_ms_per_s * 1e6 + m.marginal_ns * 8500.0 - 30.6e6).abs() < 1.0);
+        assert!((m.many_fixed_share_ns + m.marginal_ns - 3600.0).abs() < 1e-6);
+        assert!(cost_model_markdown(&m).contains("ns per forwarded packet"));
+        // Missing run, or no more packets with more viewers: no model.
+        assert_eq!(cost_model(&d, "fanout-1", "fanout-200"), None);
+        assert_eq!(cost_model(&d, "fanout-50", "fanout-1"), None);
+    }
+
 }

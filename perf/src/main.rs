@@ -436,6 +436,9 @@ struct ReportArgs {
     /// A side-by-side ratio table of two runs, A:B (repeatable), e.g. fanout-50:janus-fanout-50.
     #[arg(long = "pair")]
     pairs: Vec<String>,
+    /// Fixed and per-packet server CPU from two fan-out runs, FEW:MANY (repeatable), e.g. fanout-1:fanout-50.
+    #[arg(long = "cost-model")]
+    cost_models: Vec<String>,
     /// Scenario results, NAME=FILE.json, in table order.
     runs: Vec<String>,
 }
@@ -761,6 +764,18 @@ fn report_cmd(a: ReportArgs) -> Result<bool, String> {
         pairs.push(serde_json::json!({"a": x, "b": y, "ratio_a_over_b": by_figure}));
     }
     doc["pairs"] = serde_json::Value::Array(pairs);
+    let mut models = Vec::new();
+    for p in &a.cost_models {
+        let (x, y) = p.split_once(':').ok_or(format!("--cost-model {p:?}: expected FEW:MANY"))?;
+        match bench_report::cost_model(&doc, x, y) {
+            Some(m) => {
+                md.push_str(&bench_report::cost_model_markdown(&m));
+                models.push(serde_json::to_value(&m).map_err(|e| e.to_string())?);
+            }
+            None => md.push_str(&format!("\ncost model {x} → {y}: not both present as fan-outs with CPU figures\n")),
+        }
+    }
+    doc["cost_models"] = serde_json::Value::Array(models);
     write_json(&a.out, &doc)?;
     print!("{md}");
     if let Some(p) = a.md {
