@@ -10,7 +10,8 @@
 #   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
 #
 # Scenarios (about 9 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 50 (GSO, viewers
-# with UDP_GRO), floor 200, fanout 50, fanout 50 (viewers with UDP_GRO), fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
+# with UDP_GRO), floor 200, fanout 1 and fanout 50 (alternating windows; the report's cost model:
+# fixed CPU a second + CPU per forwarded packet), fanout 50 (viewers with UDP_GRO), fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
 # viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), and — if `janus` is installed
 # (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
 # plugin, pinned like the server, with sfumato/Janus tables. Then PNG charts (latency CDF, CPU per
@@ -20,7 +21,7 @@
 # node a (zone z1), 25 viewers on each node (b, c: zone z2): added latency per cascade hop, link throughput.
 # Environment: BENCH_DURATION (measured window per scenario, default 10s; 5s with --quick),
 # BENCH_SWEEP ("START STEP MAX" of the sweeps, default "100 150 700"; "100 150 400" with --quick),
-# BENCH_SERVER_CPU (0), BENCH_HARNESS_CPU (1), BENCH_REPEAT (3; 1 with --quick: the fan-out runs, sfumato's
+# BENCH_RESULTS (where results go, default perf/results), BENCH_SERVER_CPU (0), BENCH_HARNESS_CPU (1), BENCH_REPEAT (3; 1 with --quick: the fan-out runs, sfumato's
 # and Janus's, run that many times and the one with the median server CPU per packet is kept). The machine
 # should be otherwise idle: the table's "other CPU %" column says how busy it was during each window.
 set -euo pipefail
@@ -60,7 +61,7 @@ HARNESS_CPU=${BENCH_HARNESS_CPU:-1}
 SFU_BIN=$ROOT/target/release/sfumato
 PERF_BIN=$ROOT/target/release/sfumato-perf
 DATE=$(date +%F)
-RESULTS=$ROOT/perf/results
+RESULTS=${BENCH_RESULTS:-$ROOT/perf/results}
 # A second run on the same day gets <date>.2-, <date>.3-, ... (sorts after <date>-, so --compare finds it).
 STAMP=$DATE
 n=2
@@ -317,14 +318,23 @@ run() {
 # with the median server CPU per packet: on a shared VM one window can be 20-30 % off (neighbours), and the
 # figures the README quotes should not hang on one of them. The other runs' figures stay in $WORK.
 run_median() {
-    local n=$1 name=$2 i files=() before=${#RUNS[@]}
+    local n=$1 name=$2 i
     shift 2
     for i in $(seq 1 "$n"); do
         run "$name.$i" "$@"
     done
-    [ ${#RUNS[@]} -gt "$before" ] || return 0
-    for i in "${RUNS[@]:$before}"; do files+=("${i#*=}"); done
-    RUNS=("${RUNS[@]:0:$before}")
+    keep_median "$name"
+}
+
+# keep_median NAME: replaces the results NAME.1, NAME.2, ... in RUNS by one, NAME: the median by server CPU
+# per packet (the runs may have been interleaved with others').
+keep_median() {
+    local name=$1 r files=() rest=()
+    for r in "${RUNS[@]}"; do
+        if [[ "${r%%=*}" =~ ^"$name"\.[0-9]+$ ]]; then files+=("${r#*=}"); else rest+=("$r"); fi
+    done
+    [ ${#files[@]} -gt 0 ] || return 0
+    RUNS=("${rest[@]}")
     python3 - "$WORK/$name.json" "${files[@]}" <<'PYEOF' >&2
 import json, sys
 out, files = sys.argv[1], sys.argv[2:]
@@ -350,9 +360,14 @@ run floor-50       0 floor --viewers 50  --duration "$DURATION" --reflector-cpu 
 # viewers' kernel receive path, which loopback runs on the sender's CPU (perf/src/gro.rs).
 [ "$QUICK" = 1 ] || run floor-50-gso-gro 0 floor --viewers 50 --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso --receiver-gro
 run floor-200      0 floor --viewers 200 --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
-# One viewer: the CPU that does not grow with the audience (the report's cost model, fanout-1 → fanout-50).
-run_median "$REPEAT" fanout-1   1 fanout --room bench --viewers 1   --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
-run_median "$REPEAT" fanout-50  1 fanout --room bench --viewers 50  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+# One viewer: the CPU that does not grow with the audience (the report's cost model, fanout-1 → fanout-50),
+# interleaved with fanout-50 so that the VM's drift between windows lands in both alike.
+for i in $(seq 1 "$REPEAT"); do
+    run "fanout-1.$i"  1 fanout --room bench --viewers 1  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+    run "fanout-50.$i" 1 fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+done
+keep_median fanout-1
+keep_median fanout-50
 [ "$QUICK" = 1 ] || run_median "$REPEAT" fanout-50-gro 1 fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s --receiver-gro
 run_median "$REPEAT" fanout-200 1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 # The server as deployed (every core; viewers spread over them): its own added latency, CPU shared with the harness.

@@ -259,15 +259,18 @@ impl CoreShell {
         if self.tick_fallback.get() {
             return;
         }
-        self.tick_idle.set(after > TICK_MAX);
-        if let Err(e) = timer.arm(after) {
-            tracing::error!(core = self.core(), error = %e, "arming the tick timer failed; ticking every 20 ms on a glommio timer from now on");
-            self.fall_back_to_glommio_tick();
+        match timer.arm(after) {
+            Ok(()) => self.tick_idle.set(after > TICK_MAX),
+            Err(e) => {
+                tracing::error!(core = self.core(), error = %e, "arming the tick timer failed; ticking every 20 ms on a glommio timer from now on");
+                self.fall_back_to_glommio_tick();
+            }
         }
     }
 
     fn fall_back_to_glommio_tick(&self) {
         self.tick_fallback.set(true);
+        self.tick_idle.set(false);
         if let Some(waker) = self.tick_fallback_waker.borrow_mut().take() {
             waker.wake();
         }
@@ -356,6 +359,11 @@ impl CoreShell {
     /// then this core's viewers' datagrams — polled and sent [`POLL_CHUNK`] viewers at a time — then
     /// control messages.
     pub async fn flush(&self) {
+        // First, before anything below awaits: a core that was idle and now has work (a new session's
+        // handshake deadlines) gets its timer back from TICK_IDLE.
+        if self.tick_idle.get() && !self.state.borrow().is_idle() {
+            self.arm_tick(TICK_MIN);
+        }
         let media = std::mem::take(&mut self.state.borrow_mut().media_out);
         if !media.is_empty() {
             let mut full = 0;
@@ -392,9 +400,6 @@ impl CoreShell {
         }
         if let Some(port) = self.cluster.get().and_then(Weak::upgrade) {
             port.flush_state(&self.state).await;
-        }
-        if self.tick_idle.get() && !self.state.borrow().is_idle() {
-            self.arm_tick(TICK_MIN);
         }
     }
 

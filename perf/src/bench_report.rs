@@ -299,26 +299,42 @@ pub struct CostModel {
     pub many_fixed_share_ns: f64,
 }
 
-/// The [`CostModel`] of runs `one` and `many` of `doc`: `None` unless both are fan-outs with CPU, packet and
-/// duration figures and `many` forwarded more packets a second than `one`.
-pub fn cost_model(doc: &Value, one: &str, many: &str) -> Option<CostModel> {
-    let find = |n: &str| doc["runs"].as_array().and_then(|r| r.iter().find(|x| x["name"] == n)).map(|x| x["result"].clone());
-    // (CPU ns a second, packets forwarded a second, viewers, ns per packet)
-    let rates = |r: &Value| -> Option<(f64, f64, f64, f64)> {
-        if r["scenario"] != "fanout" {
-            return None;
-        }
-        let (ns, pkts, secs) = (num(r, "/server_cpu_ns_per_packet")?, num(r, "/server_packets_forwarded")?, num(r, "/duration_s")?);
-        (secs > 0.0 && pkts > 0.0).then(|| (ns * pkts / secs, pkts / secs, num(r, "/viewers_connected").unwrap_or(0.0), ns))
+/// The [`CostModel`] of runs `one` and `many` of `doc`, or why there is none: both must be fan-outs of the same
+/// kind (target, `--receiver-gro`, publisher bitrate and frame rate) with CPU, packet and duration figures, and
+/// `many` must forward clearly more packets a second than `one` (at least twice as many).
+pub fn cost_model(doc: &Value, one: &str, many: &str) -> Result<CostModel, String> {
+    let find = |n: &str| {
+        doc["runs"].as_array().and_then(|r| r.iter().find(|x| x["name"] == n)).map(|x| x["result"].clone()).ok_or(format!("no run {n}"))
     };
-    let (cpu1, rate1, _, _) = rates(&find(one)?)?;
-    let (cpu_n, rate_n, viewers, ns_n) = rates(&find(many)?)?;
-    if rate_n <= rate1 {
-        return None;
+    // (CPU ns a second, packets forwarded a second, viewers, ns per packet)
+    let rates = |n: &str, r: &Value| -> Result<(f64, f64, f64, f64), String> {
+        if r["scenario"] != "fanout" {
+            return Err(format!("{n} is not a fan-out"));
+        }
+        let (Some(ns), Some(pkts), Some(secs)) =
+            (num(r, "/server_cpu_ns_per_packet"), num(r, "/server_packets_forwarded"), num(r, "/duration_s"))
+        else {
+            return Err(format!("{n} has no server CPU, packet or duration figure"));
+        };
+        if secs <= 0.0 || pkts <= 0.0 {
+            return Err(format!("{n} forwarded nothing"));
+        }
+        Ok((ns * pkts / secs, pkts / secs, num(r, "/viewers_connected").unwrap_or(0.0), ns))
+    };
+    let (r1, rn) = (find(one)?, find(many)?);
+    for key in ["target_kind", "receiver_gro", "bitrate_bps", "fps"] {
+        if r1[key] != rn[key] {
+            return Err(format!("{one} and {many} differ in {key} ({} vs {})", r1[key], rn[key]));
+        }
+    }
+    let (cpu1, rate1, _, _) = rates(one, &r1)?;
+    let (cpu_n, rate_n, viewers, ns_n) = rates(many, &rn)?;
+    if rate_n < 2.0 * rate1 {
+        return Err(format!("{many} forwards {rate_n:.0} packets/s, not clearly more than {one}'s {rate1:.0}"));
     }
     let marginal = (cpu_n - cpu1) / (rate_n - rate1);
     let fixed = cpu1 - marginal * rate1;
-    Some(CostModel {
+    Ok(CostModel {
         one: one.to_string(),
         many: many.to_string(),
         fixed_ms_per_s: fixed / 1e6,
@@ -331,10 +347,16 @@ pub fn cost_model(doc: &Value, one: &str, many: &str) -> Option<CostModel> {
 
 /// The Markdown line for a [`CostModel`].
 pub fn cost_model_markdown(m: &CostModel) -> String {
+    // Both runs' noise lands in the two figures; a negative one says the runs disagree, not that CPU is free.
+    let caveat = if m.fixed_ms_per_s < 0.0 || m.marginal_ns < 0.0 {
+        " (a negative figure: the two runs disagree beyond the model; measure again)"
+    } else {
+        ""
+    };
     format!(
         "\ncost model ({one} → {many}): server CPU = **{fixed:.1} ms a second** fixed (the publisher: its receive \
          path and the reactor's wake-ups, whatever the audience) + **{marginal:.0} ns per forwarded packet**; at \
-         {v:.0} viewers the fixed part is {share:.0} of the {ns:.0} ns per packet.\n",
+         {v:.0} viewers the fixed part is {share:.0} of the {ns:.0} ns per packet{caveat}.\n",
         one = m.one,
         many = m.many,
         fixed = m.fixed_ms_per_s,
@@ -506,7 +528,7 @@ mod tests {
         let run = |name: &str, v: u64, ns: f64| json!({"name": name, "result": {"scenario": "fanout", "viewers_connected": v,
             "server_cpu_ns_per_packet": ns, "server_packets_forwarded": 170 * v * 10, "duration_s": 10.0}});
         let d = json!({"runs": [run("fanout-1", 1, 50_000.0), run("fanout-50", 50, 3600.0)]});
-        let m = cost_model(&d, "fanout-1", "fanout-50").unwrap();
+        let m = cost_model(&d, "fanout-1", "fanout-50").expect("a model");
         let marginal = (30.6e6 - 8.5e6) / (8500.0 - 170.0);
         assert!((m.marginal_ns - marginal).abs() < 1e-6, "{m:?}");
         assert!((m.fixed_ms_per_s - (8.5 - marginal * 170.0 / 1e6)).abs() < 1e-9, "{m:?}");
@@ -514,9 +536,16 @@ mod tests {
         assert!((m.fixed_ms_per_s * 1e6 + m.marginal_ns * 8500.0 - 30.6e6).abs() < 1.0);
         assert!((m.many_fixed_share_ns + m.marginal_ns - 3600.0).abs() < 1e-6);
         assert!(cost_model_markdown(&m).contains("ns per forwarded packet"));
-        // Missing run, or no more packets with more viewers: no model.
-        assert_eq!(cost_model(&d, "fanout-1", "fanout-200"), None);
-        assert_eq!(cost_model(&d, "fanout-50", "fanout-1"), None);
+        assert!(!cost_model_markdown(&m).contains("negative"));
+        // Missing run, no more packets with more viewers, or runs of different kinds: no model, and why.
+        assert_eq!(cost_model(&d, "fanout-1", "fanout-200"), Err("no run fanout-200".to_string()));
+        assert!(cost_model(&d, "fanout-50", "fanout-1").unwrap_err().contains("not clearly more"));
+        let mut gro = d.clone();
+        gro["runs"][1]["result"]["receiver_gro"] = json!(true);
+        assert!(cost_model(&gro, "fanout-1", "fanout-50").unwrap_err().contains("receiver_gro"));
+        // Runs that disagree (more CPU per packet with more viewers than the model allows): flagged.
+        let odd = json!({"runs": [run("fanout-1", 1, 1000.0), run("fanout-50", 50, 3600.0)]});
+        assert!(cost_model_markdown(&cost_model(&odd, "fanout-1", "fanout-50").expect("a model")).contains("negative"));
     }
 
 }

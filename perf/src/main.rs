@@ -768,11 +768,11 @@ fn report_cmd(a: ReportArgs) -> Result<bool, String> {
     for p in &a.cost_models {
         let (x, y) = p.split_once(':').ok_or(format!("--cost-model {p:?}: expected FEW:MANY"))?;
         match bench_report::cost_model(&doc, x, y) {
-            Some(m) => {
+            Ok(m) => {
                 md.push_str(&bench_report::cost_model_markdown(&m));
                 models.push(serde_json::to_value(&m).map_err(|e| e.to_string())?);
             }
-            None => md.push_str(&format!("\ncost model {x} → {y}: not both present as fan-outs with CPU figures\n")),
+            Err(why) => md.push_str(&format!("\ncost model {x} → {y}: none ({why})\n")),
         }
     }
     doc["cost_models"] = serde_json::Value::Array(models);
