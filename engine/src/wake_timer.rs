@@ -88,59 +88,67 @@ mod tests {
     use super::*;
     use glommio::LocalExecutorBuilder;
 
-    fn on_executor<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-        LocalExecutorBuilder::default()
+    /// Runs `f` on a fresh glommio executor; the test fails if the executor can't start or `f` returns an error.
+    fn on_executor<F: std::future::Future<Output = io::Result<()>> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        let ran = LocalExecutorBuilder::default()
             // The test runner's memlock limit may be small: keep glommio's registered buffers small too.
             .io_memory(64 << 10)
-            .spawn(move || f())
-            .expect("executor")
-            .join()
-            .expect("join");
+            .spawn(f)
+            .map_err(|e| e.to_string())
+            .and_then(|handle| handle.join().map_err(|e| e.to_string()));
+        match ran {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("timer error: {e}"),
+            Err(e) => panic!("executor: {e}"),
+        }
     }
 
     #[test]
     fn expires_at_the_latest_deadline() {
         on_executor(|| async {
-            let t = WakeTimer::new().expect("timerfd");
+            let t = WakeTimer::new()?;
             assert_eq!(t.deadline(), None);
             let start = Instant::now();
-            t.arm(Duration::from_millis(20)).unwrap();
-            t.expired().await.unwrap();
+            t.arm(Duration::from_millis(20))?;
+            t.expired().await?;
             let first = start.elapsed();
             assert!(first >= Duration::from_millis(20), "{first:?}");
             assert_eq!(t.deadline(), None, "read");
 
             // Pushed back while a read is queued: the read waits for the new deadline.
             let start = Instant::now();
-            t.arm(Duration::from_millis(10)).unwrap();
+            t.arm(Duration::from_millis(10))?;
             let wait = t.expired();
             let push = async {
                 glommio::timer::sleep(Duration::from_millis(5)).await;
-                t.arm(Duration::from_millis(40)).unwrap();
+                t.arm(Duration::from_millis(40))
             };
-            let (r, ()) = futures_lite::future::zip(wait, push).await;
-            r.unwrap();
+            let (r, pushed) = futures_lite::future::zip(wait, push).await;
+            pushed?;
+            r?;
             assert!(start.elapsed() >= Duration::from_millis(45), "{:?}", start.elapsed());
+            Ok(())
         });
     }
 
     #[test]
     fn an_expiry_read_after_a_re_arm_is_skipped() {
         on_executor(|| async {
-            let t = WakeTimer::new().expect("timerfd");
+            let t = WakeTimer::new()?;
             let start = Instant::now();
-            t.arm(Duration::from_millis(2)).unwrap();
+            t.arm(Duration::from_millis(2))?;
             // The read is queued by this first poll and completed by the kernel at 2 ms, but nobody polls the
             // future again until after the re-arm: it then holds an expiry of the old deadline.
             let mut wait = Box::pin(t.expired());
             assert!(futures_lite::future::poll_once(&mut wait).await.is_none());
             glommio::timer::sleep(Duration::from_millis(10)).await;
             let rearmed = start.elapsed();
-            t.arm(Duration::from_millis(30)).unwrap();
-            wait.await.unwrap();
+            t.arm(Duration::from_millis(30))?;
+            wait.await?;
             let waited = start.elapsed() - rearmed;
             assert!(waited >= Duration::from_millis(30), "returned for the stale expiry after {waited:?}");
             assert_eq!(t.deadline(), None);
+            Ok(())
         });
     }
 }
