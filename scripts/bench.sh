@@ -12,7 +12,11 @@
 # Scenarios (about 9 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 50 (GSO, viewers
 # with UDP_GRO), floor 200, fanout 1 and fanout 50 (alternating windows; the report's cost model:
 # fixed CPU a second + CPU per forwarded packet), fanout 50 (viewers with UDP_GRO), fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
-# viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), and — if `janus` is installed
+# viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), fanout 50 with the server in a network
+# namespace behind a veth pair (`*-veth`: the viewers' kernel receive path runs on the veth's NAPI thread on the
+# harness CPU, as on a separate machine, instead of on the server's CPU as over loopback; with the kernel's UDP
+# segmentation offload on the server's side, and `-nouso` without it — needs root, ip and ethtool, skipped
+# otherwise), and — if `janus` is installed
 # (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
 # plugin, pinned like the server, with sfumato/Janus tables. Then PNG charts (latency CDF, CPU per
 # packet vs viewers) next to the results: perf/results/<date>-{latency-cdf,cpu-per-packet}.png
@@ -71,6 +75,17 @@ OUT_MD=$RESULTS/$STAMP-bench.md
 WORK=$(mktemp -d /tmp/sfumato-bench.XXXXXX)
 SFU_PID=""
 CLUSTER_PIDS=()
+# The veth set-up (veth_setup): a network namespace for the server, a veth pair, one /30 between them.
+VETH_NS=sfumato-bench-$$
+VETH_SRV=sfbs$$
+VETH_HAR=sfbh$$
+VETH_SERVER_IP=${BENCH_VETH_NET:-10.213.77}.1
+VETH_HARNESS_IP=${BENCH_VETH_NET:-10.213.77}.2
+VETH_OK=0
+VETH_WHY=""
+# JSON fields merged into each result `run` writes while it is set (the network set-up of veth runs, which
+# the report's notes column, cost model and charts read).
+RUN_SETUP=""
 
 cleanup() {
     if [ -n "$SFU_PID" ] && kill -0 "$SFU_PID" 2>/dev/null; then
@@ -78,14 +93,15 @@ cleanup() {
         wait "$SFU_PID" 2>/dev/null || true
     fi
     stop_cluster
+    veth_teardown
 }
 trap cleanup EXIT
 
-# write_janus_config DIR HTTP_PORT VIDEO_RTP_PORT AUDIO_RTP_PORT: Janus with only the HTTP transport and
+# write_janus_config DIR HTTP_PORT VIDEO_RTP_PORT AUDIO_RTP_PORT [HTTP_IP]: Janus with only the HTTP transport and
 # the streaming plugin, one static event loop (the most efficient setting on one core), ICE-lite, and
 # mountpoint 1 fed with plain RTP (VP8 pt 96, Opus pt 111) by the harness's publisher.
 write_janus_config() {
-    local dir=$1 http=$2 vport=$3 aport=$4 lib=/usr/lib/x86_64-linux-gnu/janus
+    local dir=$1 http=$2 vport=$3 aport=$4 http_ip=${5:-127.0.0.1} lib=/usr/lib/x86_64-linux-gnu/janus
     [ -d "$lib" ] || lib=$(dirname "$(find /usr/lib -name libjanus_streaming.so -print -quit 2>/dev/null)")/..
     mkdir -p "$dir"
     cat >"$dir/janus.jcfg" <<EOF
@@ -120,7 +136,7 @@ general: {
 	base_path = "/janus"
 	http = true
 	port = $http
-	ip = "127.0.0.1"
+	ip = "$http_ip"
 	https = false
 }
 admin: {
@@ -175,18 +191,71 @@ print(port(socket.SOCK_STREAM), port(socket.SOCK_DGRAM), port(socket.SOCK_STREAM
 }
 pick_ports
 
-# start_server NAME [rtmp|allcores]: a fresh server on fresh ports (RTMP ingest on $RTMP_PORT only with
-# "rtmp"; "allcores": as deployed, one core per CPU, not pinned by taskset — it shares the harness's CPU);
-# up to 3 tries, in case another program takes a port between picking and binding.
+# veth_setup: the server's network namespace $VETH_NS, joined to this one by the veth pair $VETH_SRV (inside,
+# $VETH_SERVER_IP) / $VETH_HAR (here, $VETH_HARNESS_IP). Over loopback the kernel delivers each datagram into
+# the viewer's socket in the sender's context, so the server's CPU figure includes the viewers' receive path;
+# here the harness's end runs NAPI in its own thread (GRO on, `threaded`), pinned to the harness CPU, and that
+# work leaves the server's account, as on a machine whose viewers are elsewhere. TSO off on the server's end:
+# veth only hands UDP to NAPI from a device without TSO. Sets VETH_OK=1, or VETH_WHY.
+veth_setup() {
+    local t napi
+    if [ "$(id -u)" != 0 ]; then VETH_WHY="needs root (a network namespace)"; return 0; fi
+    for t in ip ethtool taskset; do
+        command -v "$t" >/dev/null 2>&1 || { VETH_WHY="needs $t (apt-get install iproute2 ethtool util-linux)"; return 0; }
+    done
+    if ! { ip netns add "$VETH_NS" &&
+           ip link add "$VETH_SRV" type veth peer name "$VETH_HAR" &&
+           ip link set "$VETH_SRV" netns "$VETH_NS" &&
+           ip -n "$VETH_NS" addr add "$VETH_SERVER_IP/30" dev "$VETH_SRV" &&
+           ip -n "$VETH_NS" link set lo up &&
+           ip -n "$VETH_NS" link set "$VETH_SRV" up &&
+           ip addr add "$VETH_HARNESS_IP/30" dev "$VETH_HAR" &&
+           ip link set "$VETH_HAR" up &&
+           ip netns exec "$VETH_NS" ethtool -K "$VETH_SRV" tso off &&
+           ethtool -K "$VETH_HAR" gro on &&
+           echo 1 >"/sys/class/net/$VETH_HAR/threaded"; } >"$WORK/veth-setup.log" 2>&1; then
+        VETH_WHY="the set-up failed: $(tail -1 "$WORK/veth-setup.log")"
+        veth_teardown
+        return 0
+    fi
+    # The NAPI thread's name is "napi/<device>-<id>", cut to 15 characters.
+    napi=$(ps -eo pid=,comm= | awk -v n="napi/${VETH_HAR:0:10}" 'index($2, n) == 1 { print $1; exit }')
+    if [ -z "$napi" ] || ! taskset -pc "$HARNESS_CPU" "$napi" >/dev/null 2>&1; then
+        VETH_WHY="no NAPI thread for $VETH_HAR to pin (kernel without threaded NAPI for veth?)"
+        veth_teardown
+        return 0
+    fi
+    VETH_OK=1
+}
+
+# veth_uso on|off: UDP segmentation offload on the server's end of the pair. On, the server's GSO messages
+# cross the pair whole (a NIC with UDP segmentation offload splits them in hardware); off, the kernel splits
+# them in the server's context, as for a NIC without it.
+veth_uso() {
+    ip netns exec "$VETH_NS" ethtool -K "$VETH_SRV" tx-udp-segmentation "$1" >/dev/null
+}
+
+veth_teardown() {
+    if ip netns list 2>/dev/null | grep -q "^$VETH_NS\b"; then ip netns delete "$VETH_NS" 2>/dev/null || true; fi
+    ip link delete "$VETH_HAR" 2>/dev/null || true
+    VETH_OK=0
+}
+
+# start_server NAME [rtmp|allcores|veth]: a fresh server on fresh ports (RTMP ingest on $RTMP_PORT only with
+# "rtmp"; "allcores": as deployed, one core per CPU, not pinned by taskset — it shares the harness's CPU;
+# "veth": in the namespace $VETH_NS, on $VETH_SERVER_IP); up to 3 tries, in case another program takes a port
+# between picking and binding.
 start_server() {
     local log=$WORK/sfumato-$1.log try
     for try in 1 2 3; do
         pick_ports
-        local rtmp=0 pin=(taskset -c "$SERVER_CPU") cores=(--cores 1)
+        local rtmp=0 pin=(taskset -c "$SERVER_CPU") cores=(--cores 1) ip=127.0.0.1
         if [ "${2:-}" = rtmp ]; then rtmp=$RTMP_PORT; fi
         if [ "${2:-}" = allcores ]; then pin=(); cores=(); fi
+        # `ip netns exec` execs (no fork): $! stays the server's pid.
+        if [ "${2:-}" = veth ]; then pin=(ip netns exec "$VETH_NS" "${pin[@]}"); ip=$VETH_SERVER_IP; TARGET=http://$ip:$HTTP_PORT; fi
         "${pin[@]}" "$SFU_BIN" standalone "${cores[@]}" --rtmp-port "$rtmp" \
-            --http-addr 127.0.0.1 --http-port "$HTTP_PORT" --webrtc-port "$WEBRTC_PORT" --webrtc-ips 127.0.0.1 \
+            --http-addr "$ip" --http-port "$HTTP_PORT" --webrtc-port "$WEBRTC_PORT" --webrtc-ips "$ip" \
             2>"$log" &
         SFU_PID=$!
         for _ in $(seq 1 100); do
@@ -201,14 +270,18 @@ start_server() {
     exit 2
 }
 
+# start_janus NAME [veth]: Janus on fresh ports, pinned like the server; "veth": in $VETH_NS, on $VETH_SERVER_IP.
+# Sets JANUS_IP.
 start_janus() {
-    local dir=$WORK/janus
+    local dir=$WORK/janus pin=(taskset -c "$SERVER_CPU")
+    JANUS_IP=127.0.0.1
+    if [ "${2:-}" = veth ]; then pin=(ip netns exec "$VETH_NS" "${pin[@]}"); JANUS_IP=$VETH_SERVER_IP; fi
     pick_ports
-    write_janus_config "$dir" "$JANUS_HTTP_PORT" "$JANUS_VIDEO_PORT" "$JANUS_AUDIO_PORT"
-    taskset -c "$SERVER_CPU" janus -C "$dir/janus.jcfg" -F "$dir" >"$WORK/janus-$1.log" 2>&1 &
+    write_janus_config "$dir" "$JANUS_HTTP_PORT" "$JANUS_VIDEO_PORT" "$JANUS_AUDIO_PORT" "$JANUS_IP"
+    "${pin[@]}" janus -C "$dir/janus.jcfg" -F "$dir" >"$WORK/janus-$1.log" 2>&1 &
     SFU_PID=$!
     for _ in $(seq 1 100); do
-        if curl -sf "http://127.0.0.1:$JANUS_HTTP_PORT/janus/info" >/dev/null 2>&1; then return 0; fi
+        if curl -sf "http://$JANUS_IP:$JANUS_HTTP_PORT/janus/info" >/dev/null 2>&1; then return 0; fi
         if ! kill -0 "$SFU_PID" 2>/dev/null; then break; fi
         sleep 0.1
     done
@@ -285,16 +358,16 @@ run() {
     shift 2
     echo "== $name" >&2
     local extra=()
-    if [ "$server" = 1 ] || [ "$server" = allcores ]; then
+    if [ "$server" = 1 ] || [ "$server" = allcores ] || [ "$server" = veth ]; then
         start_server "$name" "$server"
         extra=(--target "$TARGET" --server-pid "$SFU_PID")
     elif [ "$server" = rtmp ]; then
         start_server "$name" rtmp
         extra=(--target "$TARGET" --server-pid "$SFU_PID" --rtmp-url "rtmp://127.0.0.1:$RTMP_PORT/live")
-    elif [ "$server" = janus ]; then
-        start_janus "$name" || return 0
-        extra=(--target-kind janus --target "http://127.0.0.1:$JANUS_HTTP_PORT/janus" --server-pid "$SFU_PID"
-               --janus-video-rtp "127.0.0.1:$JANUS_VIDEO_PORT" --janus-audio-rtp "127.0.0.1:$JANUS_AUDIO_PORT")
+    elif [ "$server" = janus ] || [ "$server" = janus-veth ]; then
+        start_janus "$name" "${server#janus-}" || return 0
+        extra=(--target-kind janus --target "http://$JANUS_IP:$JANUS_HTTP_PORT/janus" --server-pid "$SFU_PID"
+               --janus-video-rtp "$JANUS_IP:$JANUS_VIDEO_PORT" --janus-audio-rtp "$JANUS_IP:$JANUS_AUDIO_PORT")
     elif [ "${server#cluster}" != "$server" ]; then
         start_cluster "$name" "${server#cluster}" || return 0
         extra=(--target-a "${CLUSTER_TARGETS[0]}" --target-b "${CLUSTER_TARGETS[1]}")
@@ -311,6 +384,14 @@ run() {
         return 0
     fi
     if [ "$rc" = 1 ]; then echo "bench.sh: $name: not every viewer connected, or failures (kept in the table)" >&2; fi
+    if [ -n "$RUN_SETUP" ]; then
+        python3 - "$WORK/$name.json" "$RUN_SETUP" <<'PYEOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+doc.update(json.loads(sys.argv[2]))
+json.dump(doc, open(sys.argv[1], "w"))
+PYEOF
+    fi
     RUNS+=("$name=$WORK/$name.json")
 }
 
@@ -372,6 +453,25 @@ keep_median fanout-50
 run_median "$REPEAT" fanout-200 1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 # The server as deployed (every core; viewers spread over them): its own added latency, CPU shared with the harness.
 run_median "$REPEAT" fanout-50-allcores allcores fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+# The same fan-out with the server behind a veth pair (veth_setup): its CPU without the viewers' kernel receive
+# path, with and without UDP segmentation offload on its end (windows interleaved, like fanout-1/fanout-50).
+veth_setup
+if [ "$VETH_OK" = 1 ]; then
+    for i in $(seq 1 "$REPEAT"); do
+        veth_uso on
+        RUN_SETUP='{"network": "veth", "udp_segmentation_offload": true}'
+        run "fanout-50-veth.$i" veth fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+        veth_uso off
+        RUN_SETUP='{"network": "veth", "udp_segmentation_offload": false}'
+        run "fanout-50-veth-nouso.$i" veth fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+    done
+    RUN_SETUP=""
+    veth_uso on
+    keep_median fanout-50-veth
+    keep_median fanout-50-veth-nouso
+else
+    echo "bench.sh: no veth runs: $VETH_WHY" >&2
+fi
 if [ "$QUICK" != 1 ]; then
     run rooms-10x4     1 rooms --rooms 10 --publishers 1 --viewers 4 --bitrate 500k --duration "$DURATION" --warmup 2s
     run churn-10ps     1 churn --rate 10/s --duration 15s --lifetime 3s
@@ -393,6 +493,13 @@ if [ "$JANUS" = 1 ] && command -v janus >/dev/null 2>&1; then
     run_median "$REPEAT" janus-fanout-200 janus fanout --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
     run sweep-janus      janus "${SWEEP[@]}"
     PAIRS=(--pair fanout-50:janus-fanout-50 --pair fanout-200:janus-fanout-200 --pair sweep-sfumato:sweep-janus)
+    if [ "$VETH_OK" = 1 ]; then
+        # Janus sends one datagram per sendmsg (no GSO): the offload setting does not matter to it.
+        RUN_SETUP='{"network": "veth", "udp_segmentation_offload": true}'
+        run_median "$REPEAT" janus-fanout-50-veth janus-veth fanout --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+        RUN_SETUP=""
+        PAIRS+=(--pair fanout-50-veth:janus-fanout-50-veth)
+    fi
 elif [ "$JANUS" = 1 ]; then
     echo "bench.sh: janus not installed (apt-get install janus): no side-by-side" >&2
 fi
@@ -401,7 +508,7 @@ echo "bench.sh: scenarios took $(( $(date +%s) - started )) s" >&2
 [ ${#RUNS[@]} -gt 0 ] || { echo "bench.sh: no scenario produced a result" >&2; exit 2; }
 mkdir -p "$RESULTS"
 "$PERF_BIN" report --date "$DATE" \
-    --meta "machine=$(nproc) CPUs, $(uname -sr), loopback" \
+    --meta "machine=$(nproc) CPUs, $(uname -sr), loopback$([ "$VETH_OK" = 1 ] && echo "; *-veth: server in a network namespace behind a veth pair")" \
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo -dirty)" \
     --meta "pinning=server CPU $SERVER_CPU (--cores 1), harness CPU $HARNESS_CPU; *-allcores: server on every CPU, unpinned" \
     --meta "duration=$DURATION" \

@@ -172,11 +172,9 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
                     format!("median of {} runs by server ns/pkt ({})", all.len(), all.join(", "))
                 })
                 .unwrap_or_default();
-            let note = match gro_note(r) {
-                Some(gro) if note.is_empty() => gro.to_string(),
-                Some(gro) => format!("{note}; {gro}"),
-                None => note,
-            };
+            let veth = network_note(r);
+            let extra = [gro_note(r), veth.as_deref()];
+            let note = std::iter::once(note.as_str()).chain(extra.into_iter().flatten()).filter(|n| !n.is_empty()).collect::<Vec<_>>().join("; ");
             (format!("{}/{}", s("/viewers_connected"), s("/viewers_requested")), note)
         }
     }
@@ -186,6 +184,19 @@ fn viewers_and_notes(r: &Value) -> (String, String) {
 /// server's CPU over loopback, so not comparable with the other rows' ns/pkt.
 fn gro_note(r: &Value) -> Option<&'static str> {
     (r["receiver_gro"] == true).then_some("viewers receive with UDP_GRO")
+}
+
+/// Notes a run whose server sat behind a veth pair (`"network": "veth"`, set by `scripts/bench.sh`): the viewers'
+/// kernel receive path ran on the pair's NAPI thread, not on the server's CPU as over loopback.
+fn network_note(r: &Value) -> Option<String> {
+    (r["network"] == "veth").then(|| {
+        let uso = match r["udp_segmentation_offload"].as_bool() {
+            Some(true) => ", UDP segmentation offload on",
+            Some(false) => ", UDP segmentation offload off",
+            None => "",
+        };
+        format!("server behind a veth pair (viewers' receive path off its CPU){uso}")
+    })
 }
 
 /// The Markdown table of a results document.
@@ -300,7 +311,7 @@ pub struct CostModel {
 }
 
 /// The [`CostModel`] of runs `one` and `many` of `doc`, or why there is none: both must be fan-outs of the same
-/// kind (target, `--receiver-gro`, publisher bitrate and frame rate) with CPU, packet and duration figures, and
+/// kind (target, `--receiver-gro`, network set-up, publisher bitrate and frame rate) with CPU, packet and duration figures, and
 /// `many` must forward clearly more packets a second than `one` (at least twice as many).
 pub fn cost_model(doc: &Value, one: &str, many: &str) -> Result<CostModel, String> {
     let find = |n: &str| {
@@ -322,7 +333,7 @@ pub fn cost_model(doc: &Value, one: &str, many: &str) -> Result<CostModel, Strin
         Ok((ns * pkts / secs, pkts / secs, num(r, "/viewers_connected").unwrap_or(0.0), ns))
     };
     let (r1, rn) = (find(one)?, find(many)?);
-    for key in ["target_kind", "receiver_gro", "bitrate_bps", "fps"] {
+    for key in ["target_kind", "receiver_gro", "network", "udp_segmentation_offload", "bitrate_bps", "fps"] {
         if r1[key] != rn[key] {
             return Err(format!("{one} and {many} differ in {key} ({} vs {})", r1[key], rn[key]));
         }
@@ -509,6 +520,20 @@ mod tests {
     }
 
     #[test]
+    fn veth_runs_say_so() {
+        let veth = json!({"scenario": "fanout", "viewers_connected": 50, "viewers_requested": 50, "network": "veth",
+            "udp_segmentation_offload": false, "repeats": {"server_cpu_ns_per_packet": [2500, 2600, 2700]}});
+        let janus = json!({"scenario": "fanout", "target_kind": "janus", "viewers_connected": 50, "viewers_requested": 50,
+            "network": "veth"});
+        let d = json!({"runs": [{"name": "fanout-50-veth-nouso", "result": veth}, {"name": "janus-veth", "result": janus}]});
+        let md = markdown(&d);
+        let ends = |name: &str, tail: &str| md.lines().any(|l| l.starts_with(&format!("| {name} |")) && l.ends_with(tail));
+        let note = "server behind a veth pair (viewers' receive path off its CPU)";
+        assert!(ends("fanout-50-veth-nouso", &format!("(2500, 2600, 2700); {note}, UDP segmentation offload off |")), "{md}");
+        assert!(ends("janus-veth", &format!("| {note} |")), "{md}");
+    }
+
+    #[test]
     fn gather_reads_runs() {
         let dir = std::env::temp_dir().join(format!("sfumato-perf-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -543,6 +568,9 @@ mod tests {
         let mut gro = d.clone();
         gro["runs"][1]["result"]["receiver_gro"] = json!(true);
         assert!(cost_model(&gro, "fanout-1", "fanout-50").unwrap_err().contains("receiver_gro"));
+        let mut veth = d.clone();
+        veth["runs"][1]["result"]["network"] = json!("veth");
+        assert!(cost_model(&veth, "fanout-1", "fanout-50").is_err_and(|e| e.contains("network")));
         // Runs that disagree (more CPU per packet with more viewers than the model allows): flagged.
         let odd = json!({"runs": [run("fanout-1", 1, 1000.0), run("fanout-50", 50, 3600.0)]});
         assert!(cost_model_markdown(&cost_model(&odd, "fanout-1", "fanout-50").expect("a model")).contains("negative"));

@@ -108,6 +108,15 @@ fn cpu_series_of(r: &Value) -> Option<&'static str> {
         // One viewer (the cost model's fixed point, ~15x the others' CPU per packet): it would flatten the lines.
         return None;
     }
+    if r["network"] == "veth" {
+        // Server behind a veth pair: less of the viewers' work on its CPU than over loopback, its own points.
+        return match (r["scenario"].as_str()?, janus, r["udp_segmentation_offload"].as_bool()) {
+            ("fanout", true, _) => Some("Janus (veth)"),
+            ("fanout", false, Some(false)) => Some("sfumato (veth, no USO)"),
+            ("fanout", false, _) => Some("sfumato (veth)"),
+            _ => None,
+        };
+    }
     match r["scenario"].as_str()? {
         "fanout" if janus => Some("Janus"),
         "fanout" => Some("sfumato"),
@@ -122,9 +131,10 @@ fn cpu_series_of(r: &Value) -> Option<&'static str> {
     }
 }
 
-/// Server µs per forwarded packet against viewers: sfumato, Janus, floor (sendmmsg), floor (GSO).
+/// Server µs per forwarded packet against viewers: sfumato, Janus, floor (sendmmsg), floor (GSO), and the runs
+/// with the server behind a veth pair.
 pub fn cpu_per_packet_series(doc: &Value) -> Vec<Series> {
-    let order = ["sfumato", "Janus", "floor (sendmmsg)", "floor (GSO)"];
+    let order = ["sfumato", "Janus", "floor (sendmmsg)", "floor (GSO)", "sfumato (veth)", "sfumato (veth, no USO)", "Janus (veth)"];
     let mut acc: Vec<Vec<(f64, f64)>> = vec![Vec::new(); order.len()];
     for run in runs(doc) {
         let r = &run["result"];
@@ -311,6 +321,8 @@ mod tests {
             {"name": "sweep-sfumato", "result": {"scenario": "sweep", "target_kind": "sfumato", "steps": [
               {"viewers": 100, "pass": true, "server_cpu_ns_per_packet": 8000.0},
               {"viewers": 400, "pass": false, "server_cpu_ns_per_packet": 9000.0}]}},
+            {"name": "fanout-50-veth", "result": {"scenario": "fanout", "network": "veth", "udp_segmentation_offload": true,
+              "viewers_connected": 50, "server_cpu_ns_per_packet": 2500.0}},
             {"name": "churn", "result": {"scenario": "churn"}}
         ]})
     }
@@ -335,7 +347,8 @@ mod tests {
         assert_eq!(top, (3.4, TOP_NINES), "p99.99 and max share the top; the larger stays");
         let cpu = cpu_per_packet_series(&d);
         let names: Vec<&str> = cpu.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, vec!["sfumato", "Janus", "floor (sendmmsg)"]);
+        assert_eq!(names, vec!["sfumato", "Janus", "floor (sendmmsg)", "sfumato (veth)"]);
+        assert_eq!(cpu[3].points, vec![(50.0, 2.5)]);
         assert_eq!(cpu[0].points, vec![(50.0, 7.0), (100.0, 8.0)], "failed sweep steps, one-viewer and UDP_GRO runs are left out");
     }
 
