@@ -83,6 +83,7 @@ VETH_SERVER_IP=${BENCH_VETH_NET:-10.213.77}.1
 VETH_HARNESS_IP=${BENCH_VETH_NET:-10.213.77}.2
 VETH_OK=0
 VETH_WHY=""
+VETH_QDISC=""
 # JSON fields merged into each result `run` writes while it is set (the network set-up of veth runs, which
 # the report's notes column, cost model and charts read).
 RUN_SETUP=""
@@ -196,11 +197,13 @@ pick_ports
 # the viewer's socket in the sender's context, so the server's CPU figure includes the viewers' receive path;
 # here the harness's end runs NAPI in its own thread (GRO on, `threaded`), pinned to the harness CPU, and that
 # work leaves the server's account, as on a machine whose viewers are elsewhere. TSO off on the server's end:
-# veth only hands UDP to NAPI from a device without TSO. Sets VETH_OK=1, or VETH_WHY.
+# veth only hands UDP to NAPI from a device without TSO. The server's end gets the queueing discipline this
+# machine gives a NIC (net.core.default_qdisc; veth's own is none), recorded in VETH_QDISC. Sets VETH_OK=1,
+# or VETH_WHY.
 veth_setup() {
-    local t napi
+    local t napi q
     if [ "$(id -u)" != 0 ]; then VETH_WHY="needs root (a network namespace)"; return 0; fi
-    for t in ip ethtool taskset; do
+    for t in ip tc ethtool taskset; do
         command -v "$t" >/dev/null 2>&1 || { VETH_WHY="needs $t (apt-get install iproute2 ethtool util-linux)"; return 0; }
     done
     if ! { ip netns add "$VETH_NS" &&
@@ -225,6 +228,13 @@ veth_setup() {
         veth_teardown
         return 0
     fi
+    VETH_QDISC=noqueue
+    for q in "$(sysctl -n net.core.default_qdisc 2>/dev/null)" pfifo_fast; do
+        if [ -n "$q" ] && ip netns exec "$VETH_NS" tc qdisc replace dev "$VETH_SRV" root "$q" >/dev/null 2>&1; then
+            VETH_QDISC=$q
+            break
+        fi
+    done
     VETH_OK=1
 }
 
@@ -459,10 +469,10 @@ veth_setup
 if [ "$VETH_OK" = 1 ]; then
     for i in $(seq 1 "$REPEAT"); do
         veth_uso on
-        RUN_SETUP='{"network": "veth", "udp_segmentation_offload": true}'
+        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": true}'
         run "fanout-50-veth.$i" veth fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
         veth_uso off
-        RUN_SETUP='{"network": "veth", "udp_segmentation_offload": false}'
+        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": false}'
         run "fanout-50-veth-nouso.$i" veth fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
     done
     RUN_SETUP=""
@@ -495,7 +505,7 @@ if [ "$JANUS" = 1 ] && command -v janus >/dev/null 2>&1; then
     PAIRS=(--pair fanout-50:janus-fanout-50 --pair fanout-200:janus-fanout-200 --pair sweep-sfumato:sweep-janus)
     if [ "$VETH_OK" = 1 ]; then
         # Janus sends one datagram per sendmsg (no GSO): the offload setting does not matter to it.
-        RUN_SETUP='{"network": "veth", "udp_segmentation_offload": true}'
+        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": true}'
         run_median "$REPEAT" janus-fanout-50-veth janus-veth fanout --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
         RUN_SETUP=""
         PAIRS+=(--pair fanout-50-veth:janus-fanout-50-veth)

@@ -195,7 +195,8 @@ fn network_note(r: &Value) -> Option<String> {
             Some(false) => ", UDP segmentation offload off",
             None => "",
         };
-        format!("server behind a veth pair (viewers' receive path off its CPU){uso}")
+        let qdisc = r["qdisc"].as_str().map(|q| format!(", qdisc {q}")).unwrap_or_default();
+        format!("server behind a veth pair (viewers' receive path off its CPU{qdisc}){uso}")
     })
 }
 
@@ -333,7 +334,7 @@ pub fn cost_model(doc: &Value, one: &str, many: &str) -> Result<CostModel, Strin
         Ok((ns * pkts / secs, pkts / secs, num(r, "/viewers_connected").unwrap_or(0.0), ns))
     };
     let (r1, rn) = (find(one)?, find(many)?);
-    for key in ["target_kind", "receiver_gro", "network", "udp_segmentation_offload", "bitrate_bps", "fps"] {
+    for key in ["target_kind", "receiver_gro", "network", "qdisc", "udp_segmentation_offload", "bitrate_bps", "fps"] {
         if r1[key] != rn[key] {
             return Err(format!("{one} and {many} differ in {key} ({} vs {})", r1[key], rn[key]));
         }
@@ -522,15 +523,15 @@ mod tests {
     #[test]
     fn veth_runs_say_so() {
         let veth = json!({"scenario": "fanout", "viewers_connected": 50, "viewers_requested": 50, "network": "veth",
-            "udp_segmentation_offload": false, "repeats": {"server_cpu_ns_per_packet": [2500, 2600, 2700]}});
+            "qdisc": "pfifo_fast", "udp_segmentation_offload": false, "repeats": {"server_cpu_ns_per_packet": [2500, 2600, 2700]}});
         let janus = json!({"scenario": "fanout", "target_kind": "janus", "viewers_connected": 50, "viewers_requested": 50,
             "network": "veth"});
         let d = json!({"runs": [{"name": "fanout-50-veth-nouso", "result": veth}, {"name": "janus-veth", "result": janus}]});
         let md = markdown(&d);
         let ends = |name: &str, tail: &str| md.lines().any(|l| l.starts_with(&format!("| {name} |")) && l.ends_with(tail));
-        let note = "server behind a veth pair (viewers' receive path off its CPU)";
-        assert!(ends("fanout-50-veth-nouso", &format!("(2500, 2600, 2700); {note}, UDP segmentation offload off |")), "{md}");
-        assert!(ends("janus-veth", &format!("| {note} |")), "{md}");
+        let note = "server behind a veth pair (viewers' receive path off its CPU";
+        assert!(ends("fanout-50-veth-nouso", &format!("(2500, 2600, 2700); {note}, qdisc pfifo_fast), UDP segmentation offload off |")), "{md}");
+        assert!(ends("janus-veth", &format!("| {note}) |")), "{md}");
     }
 
     #[test]
