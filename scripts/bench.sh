@@ -9,7 +9,7 @@
 #   scripts/bench.sh --quick          # a shorter set (~2 min): 5 s windows, no GSO floor/rooms/churn, smaller sweeps
 #   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
 #
-# Scenarios (about 9 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 50 (GSO, viewers
+# Scenarios (about 10 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 50 (GSO, viewers
 # with UDP_GRO), floor 200, fanout 1 and fanout 50 (alternating windows; the report's cost model:
 # fixed CPU a second + CPU per forwarded packet), fanout 50 (viewers with UDP_GRO), fanout 200, fanout 50 with the server on every core (its added latency as deployed), rooms 10 × (1 publisher, 4 viewers), churn 10 joins/s for 15 s, rtmp (ffmpeg → 20 WHEP
 # viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), fanout 50 with the server in a network
