@@ -6,7 +6,7 @@
 #   scripts/bench.sh --compare FILE   # ... against FILE
 #   scripts/bench.sh --no-build       # use the binaries already in target/release
 #   scripts/bench.sh --no-janus       # skip the Janus runs
-#   scripts/bench.sh --quick          # a shorter set (~2 min): 5 s windows, no GSO floor/rooms/churn, smaller sweeps
+#   scripts/bench.sh --quick          # a shorter set (~2.5 min): 5 s windows, no GSO floor/rooms/churn, smaller sweeps
 #   scripts/bench.sh --janus-config DIR   # only write the Janus config used here into DIR, and exit
 #
 # Scenarios (about 10 minutes in all, with Janus): floor 50 (sendmmsg), floor 50 (GSO), floor 50 (GSO, viewers
@@ -15,8 +15,8 @@
 # viewers, if ffmpeg is installed), a max-viewers sweep (loss ≤ 1 %), fanout 50 with the server in a network
 # namespace behind a veth pair (`*-veth`: the viewers' kernel receive path runs on the veth's NAPI thread on the
 # harness CPU, as on a separate machine, instead of on the server's CPU as over loopback; with the kernel's UDP
-# segmentation offload on the server's side, and `-nouso` without it — needs root, ip and ethtool, skipped
-# otherwise), and — if `janus` is installed
+# segmentation offload on the server's side, and `-nouso` without it; windows interleaved with fanout-1's and
+# fanout-50's — needs root, ip, tc and ethtool, skipped otherwise), and — if `janus` is installed
 # (apt-get install janus) — the same fan-out 50 and 200 and the same sweep through Janus's streaming
 # plugin, pinned like the server, with sfumato/Janus tables. Then PNG charts (latency CDF, CPU per
 # packet vs viewers) next to the results: perf/results/<date>-{latency-cdf,cpu-per-packet}.png
@@ -84,6 +84,7 @@ VETH_HARNESS_IP=${BENCH_VETH_NET:-10.213.77}.2
 VETH_OK=0
 VETH_WHY=""
 VETH_QDISC=""
+VETH_NOUSO=0
 # JSON fields merged into each result `run` writes while it is set (the network set-up of veth runs, which
 # the report's notes column, cost model and charts read).
 RUN_SETUP=""
@@ -222,19 +223,28 @@ veth_setup() {
         return 0
     fi
     # The NAPI thread's name is "napi/<device>-<id>", cut to 15 characters.
-    napi=$(ps -eo pid=,comm= | awk -v n="napi/${VETH_HAR:0:10}" 'index($2, n) == 1 { print $1; exit }')
+    local prefix="napi/$VETH_HAR-"
+    napi=$(ps -eo pid=,comm= | awk -v n="${prefix:0:15}" 'index($2, n) == 1 { p = $1 } END { print p }')
     if [ -z "$napi" ] || ! taskset -pc "$HARNESS_CPU" "$napi" >/dev/null 2>&1; then
         VETH_WHY="no NAPI thread for $VETH_HAR to pin (kernel without threaded NAPI for veth?)"
         veth_teardown
         return 0
     fi
     VETH_QDISC=noqueue
-    for q in "$(sysctl -n net.core.default_qdisc 2>/dev/null)" pfifo_fast; do
+    for q in "$(cat /proc/sys/net/core/default_qdisc 2>/dev/null)" pfifo_fast; do
         if [ -n "$q" ] && ip netns exec "$VETH_NS" tc qdisc replace dev "$VETH_SRV" root "$q" >/dev/null 2>&1; then
             VETH_QDISC=$q
             break
         fi
     done
+    # The no-offload rows need the offload to be switchable (and to read back as set).
+    if veth_uso off && [ "$(veth_uso_state)" = off ] && veth_uso on && [ "$(veth_uso_state)" = on ]; then
+        VETH_NOUSO=1
+    else
+        veth_uso on || true
+        echo "bench.sh: UDP segmentation offload on $VETH_SRV can't be switched: no -nouso rows" >&2
+    fi
+    [ "$(veth_uso_state)" = on ] || { VETH_WHY="UDP segmentation offload is not on for $VETH_SRV"; veth_teardown; return 0; }
     VETH_OK=1
 }
 
@@ -242,11 +252,16 @@ veth_setup() {
 # cross the pair whole (a NIC with UDP segmentation offload splits them in hardware); off, the kernel splits
 # them in the server's context, as for a NIC without it.
 veth_uso() {
-    ip netns exec "$VETH_NS" ethtool -K "$VETH_SRV" tx-udp-segmentation "$1" >/dev/null
+    ip netns exec "$VETH_NS" ethtool -K "$VETH_SRV" tx-udp-segmentation "$1" >/dev/null 2>&1
+}
+
+# veth_uso_state: "on" or "off", as ethtool reads it back.
+veth_uso_state() {
+    ip netns exec "$VETH_NS" ethtool -k "$VETH_SRV" 2>/dev/null | awk '$1 == "tx-udp-segmentation:" { print $2 }'
 }
 
 veth_teardown() {
-    if ip netns list 2>/dev/null | grep -q "^$VETH_NS\b"; then ip netns delete "$VETH_NS" 2>/dev/null || true; fi
+    ip netns delete "$VETH_NS" 2>/dev/null || true
     ip link delete "$VETH_HAR" 2>/dev/null || true
     VETH_OK=0
 }
@@ -452,36 +467,34 @@ run floor-50       0 floor --viewers 50  --duration "$DURATION" --reflector-cpu 
 [ "$QUICK" = 1 ] || run floor-50-gso-gro 0 floor --viewers 50 --duration "$DURATION" --reflector-cpu "$SERVER_CPU" --gso --receiver-gro
 run floor-200      0 floor --viewers 200 --duration "$DURATION" --reflector-cpu "$SERVER_CPU"
 # One viewer: the CPU that does not grow with the audience (the report's cost model, fanout-1 → fanout-50),
-# interleaved with fanout-50 so that the VM's drift between windows lands in both alike.
+# and fanout-50 with the server behind a veth pair (veth_setup: its CPU without the viewers' kernel receive
+# path), with and without UDP segmentation offload on its end: all interleaved with fanout-50's windows, so
+# that the VM's drift between windows lands in all of them alike.
+veth_setup
+[ "$VETH_OK" = 1 ] || echo "bench.sh: no veth runs: $VETH_WHY" >&2
+FAN50=(fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s)
 for i in $(seq 1 "$REPEAT"); do
     run "fanout-1.$i"  1 fanout --room bench --viewers 1  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
-    run "fanout-50.$i" 1 fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+    run "fanout-50.$i" 1 "${FAN50[@]}"
+    if [ "$VETH_OK" = 1 ]; then
+        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": true}'
+        run "fanout-50-veth.$i" veth "${FAN50[@]}"
+        if [ "$VETH_NOUSO" = 1 ] && veth_uso off; then
+            RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": false}'
+            run "fanout-50-veth-nouso.$i" veth "${FAN50[@]}"
+            veth_uso on || { VETH_WHY="UDP segmentation offload did not switch back on"; veth_teardown; }
+        fi
+        RUN_SETUP=""
+    fi
 done
 keep_median fanout-1
 keep_median fanout-50
+keep_median fanout-50-veth
+keep_median fanout-50-veth-nouso
 [ "$QUICK" = 1 ] || run_median "$REPEAT" fanout-50-gro 1 fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s --receiver-gro
 run_median "$REPEAT" fanout-200 1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 # The server as deployed (every core; viewers spread over them): its own added latency, CPU shared with the harness.
 run_median "$REPEAT" fanout-50-allcores allcores fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
-# The same fan-out with the server behind a veth pair (veth_setup): its CPU without the viewers' kernel receive
-# path, with and without UDP segmentation offload on its end (windows interleaved, like fanout-1/fanout-50).
-veth_setup
-if [ "$VETH_OK" = 1 ]; then
-    for i in $(seq 1 "$REPEAT"); do
-        veth_uso on
-        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": true}'
-        run "fanout-50-veth.$i" veth fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
-        veth_uso off
-        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": false}'
-        run "fanout-50-veth-nouso.$i" veth fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
-    done
-    RUN_SETUP=""
-    veth_uso on
-    keep_median fanout-50-veth
-    keep_median fanout-50-veth-nouso
-else
-    echo "bench.sh: no veth runs: $VETH_WHY" >&2
-fi
 if [ "$QUICK" != 1 ]; then
     run rooms-10x4     1 rooms --rooms 10 --publishers 1 --viewers 4 --bitrate 500k --duration "$DURATION" --warmup 2s
     run churn-10ps     1 churn --rate 10/s --duration 15s --lifetime 3s
@@ -505,7 +518,7 @@ if [ "$JANUS" = 1 ] && command -v janus >/dev/null 2>&1; then
     PAIRS=(--pair fanout-50:janus-fanout-50 --pair fanout-200:janus-fanout-200 --pair sweep-sfumato:sweep-janus)
     if [ "$VETH_OK" = 1 ]; then
         # Janus sends one datagram per sendmsg (no GSO): the offload setting does not matter to it.
-        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": true}'
+        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'"}'
         run_median "$REPEAT" janus-fanout-50-veth janus-veth fanout --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
         RUN_SETUP=""
         PAIRS+=(--pair fanout-50-veth:janus-fanout-50-veth)
