@@ -28,6 +28,7 @@
 # BENCH_RESULTS (where results go, default perf/results), BENCH_SERVER_CPU (0), BENCH_HARNESS_CPU (1), BENCH_REPEAT (3; 1 with --quick: the fan-out runs, sfumato's
 # and Janus's, run that many times and the one with the median server CPU per packet is kept). The machine
 # should be otherwise idle: the table's "other CPU %" column says how busy it was during each window.
+# BENCH_VETH_NET: the first three octets of the veth runs' /30 (default 10.213.77), if that clashes here.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
         --no-janus) JANUS=0 ;;
         --quick) QUICK=1 ;;
         --janus-config) JANUS_CONFIG_ONLY=${2:?--janus-config needs a directory}; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
