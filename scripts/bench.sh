@@ -261,6 +261,11 @@ veth_uso_state() {
     ip netns exec "$VETH_NS" ethtool -k "$VETH_SRV" 2>/dev/null | awk '$1 == "tx-udp-segmentation:" { print $2 }'
 }
 
+# veth_fields [true|false]: RUN_SETUP's JSON for a run behind the pair, with the offload state if given.
+veth_fields() {
+    echo "{\"network\": \"veth\", \"qdisc\": \"$VETH_QDISC\"${1:+, \"udp_segmentation_offload\": $1}}"
+}
+
 veth_teardown() {
     ip netns delete "$VETH_NS" 2>/dev/null || true
     ip link delete "$VETH_HAR" 2>/dev/null || true
@@ -478,10 +483,10 @@ for i in $(seq 1 "$REPEAT"); do
     run "fanout-1.$i"  1 fanout --room bench --viewers 1  --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
     run "fanout-50.$i" 1 "${FAN50[@]}"
     if [ "$VETH_OK" = 1 ]; then
-        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": true}'
+        RUN_SETUP=$(veth_fields true)
         run "fanout-50-veth.$i" veth "${FAN50[@]}"
         if [ "$VETH_NOUSO" = 1 ] && veth_uso off; then
-            RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'", "udp_segmentation_offload": false}'
+            RUN_SETUP=$(veth_fields false)
             run "fanout-50-veth-nouso.$i" veth "${FAN50[@]}"
             veth_uso on || { VETH_WHY="UDP segmentation offload did not switch back on"; veth_teardown; }
         fi
@@ -492,10 +497,10 @@ keep_median fanout-1
 keep_median fanout-50
 keep_median fanout-50-veth
 keep_median fanout-50-veth-nouso
-[ "$QUICK" = 1 ] || run_median "$REPEAT" fanout-50-gro 1 fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s --receiver-gro
+[ "$QUICK" = 1 ] || run_median "$REPEAT" fanout-50-gro 1 "${FAN50[@]}" --receiver-gro
 run_median "$REPEAT" fanout-200 1 fanout --room bench --viewers 200 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
 # The server as deployed (every core; viewers spread over them): its own added latency, CPU shared with the harness.
-run_median "$REPEAT" fanout-50-allcores allcores fanout --room bench --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
+run_median "$REPEAT" fanout-50-allcores allcores "${FAN50[@]}"
 if [ "$QUICK" != 1 ]; then
     run rooms-10x4     1 rooms --rooms 10 --publishers 1 --viewers 4 --bitrate 500k --duration "$DURATION" --warmup 2s
     run churn-10ps     1 churn --rate 10/s --duration 15s --lifetime 3s
@@ -519,7 +524,7 @@ if [ "$JANUS" = 1 ] && command -v janus >/dev/null 2>&1; then
     PAIRS=(--pair fanout-50:janus-fanout-50 --pair fanout-200:janus-fanout-200 --pair sweep-sfumato:sweep-janus)
     if [ "$VETH_OK" = 1 ]; then
         # Janus sends one datagram per sendmsg (no GSO): the offload setting does not matter to it.
-        RUN_SETUP='{"network": "veth", "qdisc": "'$VETH_QDISC'"}'
+        RUN_SETUP=$(veth_fields)
         run_median "$REPEAT" janus-fanout-50-veth janus-veth fanout --viewers 50 --bitrate 1000k --fps 30 --duration "$DURATION" --warmup 2s
         RUN_SETUP=""
         PAIRS+=(--pair fanout-50-veth:janus-fanout-50-veth)
