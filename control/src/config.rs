@@ -159,6 +159,12 @@ pub struct NodeArgs {
     /// server CPU. Default off (SFUMATO_STR0M_SEND: true/false, 1/0, yes/no, on/off).
     #[arg(long, env = "SFUMATO_STR0M_SEND", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub str0m_send: bool,
+    /// Bind each media port once, without the RTCP lane: every RTCP datagram then wakes its core as media
+    /// does (costs server CPU: each wake-up is a reactor park/unpark). By default the kernel steers RTCP to a
+    /// second socket on the same port that a core reads when it is awake anyway, at most a tick (50 ms) late.
+    /// For comparison and as a fallback (SFUMATO_NO_RTCP_LANE: true/false, 1/0, yes/no, on/off).
+    #[arg(long, env = "SFUMATO_NO_RTCP_LANE", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
+    pub no_rtcp_lane: bool,
     /// First WebRTC UDP port; core i uses this + i.
     #[arg(long, default_value_t = 10000, env = "SFUMATO_WEBRTC_PORT")]
     pub webrtc_port: u16,
@@ -283,6 +289,7 @@ pub struct FileConfig {
     rtmp_gop_cache: Option<usize>,
     viewer_bwe: Option<bool>,
     str0m_send: Option<bool>,
+    no_rtcp_lane: Option<bool>,
     webrtc_port: Option<u16>,
     #[serde(default, deserialize_with = "list")]
     webrtc_ips: Option<Vec<IpAddr>>,
@@ -407,7 +414,7 @@ impl FileConfig {
             take_cluster!(seeds, zone, quic_port, advertise_ip, max_sessions, max_cpu);
         }
         take!(rtmp_gop_cache);
-        take!(http_addr, http_port, rtmp_port, rtmp_replace, viewer_bwe, str0m_send, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
+        take!(http_addr, http_port, rtmp_port, rtmp_replace, viewer_bwe, str0m_send, no_rtcp_lane, webrtc_port, webrtc_ips, public_ip, cores, no_pin, secret);
         take!(io_memory, node_id, nats_url, hook_url, events_buffer);
         take!(ice_server, ice_server_username, ice_server_credential);
         if let Some(v) = self.log_format {

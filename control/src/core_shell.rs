@@ -33,6 +33,9 @@ use crate::stats::CoreStats;
 const CROSS_CORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagrams taken from a socket per wake-up beyond the first.
 const RECV_BATCH: usize = 32;
+/// At most this many `recvmmsg` of [`RECV_BATCH`] per RTCP lane per drain: a flood of RTCP-looking garbage
+/// waits in (and overflows) the lane's kernel buffer instead of holding up the media.
+const LANE_ROUNDS: usize = 8;
 /// Viewers polled per send in [`CoreShell::flush`]: the first chunk's datagrams leave while the rest are
 /// built (lower latency for all but the last chunk), at the cost of one more `sendmmsg` per chunk.
 const POLL_CHUNK: usize = 16;
@@ -80,6 +83,10 @@ pub struct CoreShell {
     control: CoreLinks<ControlMsg>,
     media: CoreLinks<MediaMsg>,
     sockets: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    /// The RTCP lanes of the media sockets that have one (`sfumato_net::rtcp_lane`): drained, never waited
+    /// on, by [`CoreShell::drain_rtcp_lanes`] whenever something else woke the core, and on the tick.
+    rtcp_lanes: Vec<(SocketAddr, std::net::UdpSocket)>,
+    lane_batch: RefCell<RecvBatch>,
     pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
     next_req: Cell<u64>,
     loads: CoreLoads,
@@ -110,6 +117,7 @@ impl CoreShell {
         control: CoreLinks<ControlMsg>,
         media: CoreLinks<MediaMsg>,
         sockets: Vec<(SocketAddr, Rc<UdpSocket>)>,
+        rtcp_lanes: Vec<(SocketAddr, std::net::UdpSocket)>,
         loads: CoreLoads,
         auth: Authority,
     ) -> Rc<Self> {
@@ -119,6 +127,8 @@ impl CoreShell {
             control,
             media,
             sockets,
+            rtcp_lanes,
+            lane_batch: RefCell::new(RecvBatch::new(RECV_BATCH, 2048)),
             pending: RefCell::new(HashMap::new()),
             next_req: Cell::new(1),
             loads,
@@ -189,6 +199,11 @@ impl CoreShell {
                         }
                     }
                     self.flush().await;
+                    // The media has left; now the RTCP that waited for a wake-up (and what it asks for: NACKed
+                    // packets, keyframe requests).
+                    if self.drain_rtcp_lanes(Instant::now()) {
+                        self.flush().await;
+                    }
                     self.drive_due_timeouts().await;
                 }
                 Err(e) => {
@@ -234,7 +249,40 @@ impl CoreShell {
                 }
             }
             self.flush().await;
+            if self.drain_rtcp_lanes(Instant::now()) {
+                self.flush().await;
+            }
         }
+    }
+
+    /// Hands the RTCP waiting in the lanes to the state (never waits); returns whether there was any (the
+    /// caller then flushes what it queued). Called after every wake-up's media has left and on the tick, so
+    /// RTCP is at most a tick late ([`TICK_MAX`]) and, while media flows, as late as the next publisher
+    /// packet (≤ 20 ms with Opus) — and never delays the media it rides behind.
+    fn drain_rtcp_lanes(&self, now: Instant) -> bool {
+        if self.rtcp_lanes.is_empty() {
+            return false;
+        }
+        let mut any = false;
+        let mut batch = self.lane_batch.borrow_mut();
+        for (local, lane) in &self.rtcp_lanes {
+            for _ in 0..LANE_ROUNDS {
+                let n = batch.recv_nonblocking(lane.as_raw_fd());
+                if n == 0 {
+                    break;
+                }
+                any = true;
+                let mut st = self.state.borrow_mut();
+                st.stats.udp_rtcp_lane_in += n as u64;
+                for (remote, data) in batch.iter(n) {
+                    st.on_datagram(now, remote, *local, data);
+                }
+                if n < RECV_BATCH {
+                    break;
+                }
+            }
+        }
+        any
     }
 
     /// After a wake-up's media left: the timeouts that fell due meanwhile ride on this wake-up, and so does
@@ -331,6 +379,7 @@ impl CoreShell {
     /// The periodic work: due str0m timeouts, dead sessions, stats, bitrate hints, this core's published
     /// load. Re-arms the timer for the next.
     async fn tick(&self, now: Instant) {
+        self.drain_rtcp_lanes(now);
         let next = self.state.borrow_mut().on_tick(now);
         self.last_tick.set(now);
         {

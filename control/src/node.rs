@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use sfumato_engine::{Engine, EngineConfig, Mesh, Shutdown};
 use sfumato_net::local_addrs::interface_addresses;
-use sfumato_net::udp::bind_udp;
+use sfumato_net::rtcp_lane::{bind_media_port, MediaPort};
 
 use crate::config::{ClusterArgs, MediaArgs, NodeArgs};
 use crate::core_shell::{CoreLoad, CoreLoads, CoreShell};
@@ -148,10 +148,18 @@ fn run(args: NodeArgs, cluster: Option<ClusterArgs>) -> Result<(), NodeError> {
             tracing::debug!(core = ctx.core, "inter-core rings connected");
             let port = args.webrtc_port + ctx.core as u16;
             let mut sockets = Vec::new();
+            let mut rtcp_lanes = Vec::new();
             for ip in &ips {
                 let addr = SocketAddr::new(*ip, port);
-                match bind_udp(addr) {
-                    Ok(s) => sockets.push((addr, Rc::new(s))),
+                match bind_media_port(addr, !args.no_rtcp_lane) {
+                    Ok(p) => {
+                        sockets.push((addr, Rc::new(MediaPort::main_into_glommio(p.main))));
+                        match (p.rtcp_lane, p.no_lane_reason) {
+                            (Some(lane), _) => rtcp_lanes.push((addr, lane)),
+                            (None, _) if args.no_rtcp_lane => {}
+                            (None, reason) => tracing::warn!(core = ctx.core, %addr, reason = reason.as_deref().unwrap_or("unknown"), "no RTCP lane: every RTCP datagram wakes the core"),
+                        }
+                    }
                     Err(e) => tracing::warn!(core = ctx.core, %addr, error = %e, "cannot bind WebRTC socket; address skipped"),
                 }
             }
@@ -200,7 +208,7 @@ fn run(args: NodeArgs, cluster: Option<ClusterArgs>) -> Result<(), NodeError> {
             state.viewer = sfumato_media::webrtc::ViewerOptions { bwe: args.viewer_bwe, direct_send: !args.str0m_send };
             let control_rx = control.take_receivers();
             let media_rx = media.take_receivers();
-            let shell = CoreShell::new(state, control, media, sockets, loads.clone(), auth);
+            let shell = CoreShell::new(state, control, media, sockets, rtcp_lanes, loads.clone(), auth);
             shell.start(control_rx, media_rx);
             let cluster_node = match &cluster {
                 Some(plan) => match plan.start_core(&shell, loads.clone()).await {

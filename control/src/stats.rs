@@ -24,6 +24,9 @@ pub struct CoreStats {
     pub udp_unroutable: u64,
     /// Datagrams a session refused (bad SRTP, malformed RTP from a known peer).
     pub udp_rejected: u64,
+    /// Of `udp_datagrams_in`, those taken from the RTCP lanes (`net/src/rtcp_lane.rs`): RTCP the kernel set
+    /// aside for the core to read when it was awake anyway.
+    pub udp_rtcp_lane_in: u64,
     pub rtp_packets_in: u64,
     pub rtp_packets_forwarded: u64,
     /// RTP payload bytes written to viewers (before SRTP; one count per viewer written to).
@@ -117,6 +120,7 @@ impl CoreStats {
         self.udp_send_errors += o.udp_send_errors;
         self.udp_unroutable += o.udp_unroutable;
         self.udp_rejected += o.udp_rejected;
+        self.udp_rtcp_lane_in += o.udp_rtcp_lane_in;
         self.rtp_packets_in += o.rtp_packets_in;
         self.rtp_packets_forwarded += o.rtp_packets_forwarded;
         self.rtp_bytes_forwarded += o.rtp_bytes_forwarded;
@@ -169,6 +173,7 @@ const HELP: &[(&str, &str)] = &[
     ("udp_send_errors", "UDP datagrams that could not be sent"),
     ("udp_unroutable", "UDP datagrams dropped: unknown peer or unparseable"),
     ("udp_rejected", "UDP datagrams a session refused (bad SRTP, malformed RTP)"),
+    ("udp_rtcp_lane_in", "UDP datagrams (RTCP) read from the RTCP lanes when the core was awake anyway (also in udp_datagrams_in)"),
     ("rtp_packets_in", "RTP packets received from publishers"),
     ("rtp_packets_forwarded", "RTP packets written to viewers"),
     ("rtp_bytes_forwarded", "RTP payload bytes written to viewers (before SRTP)"),

@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Wanted kernel buffer size; the kernel caps it at `net.core.{r,w}mem_max`.
-const SOCKET_BUFFER: usize = 4 << 20;
+pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Binds a glommio UDP socket on `addr` with large buffers.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<glommio::net::UdpSocket> {

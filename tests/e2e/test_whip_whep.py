@@ -219,11 +219,17 @@ def video_ssrc(answer: str) -> int:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "send_path",
-    ["direct", pytest.param("str0m", marks=pytest.mark.server_args("--str0m-send"))],
+    [
+        "direct",
+        pytest.param("str0m", marks=pytest.mark.server_args("--str0m-send")),
+        pytest.param("no-lane", marks=pytest.mark.server_args("--no-rtcp-lane")),
+    ],
 )
 def test_viewer_pli_reaches_the_publisher(server, send_path):
     """aiortc's RTCP stack sends a PLI for the video SSRC the WHEP answer named; the server counts it and asks the
-    publisher for a keyframe — on the direct send path its own RTCP reading does this, not str0m's."""
+    publisher for a keyframe — on the direct send path its own RTCP reading does this, not str0m's. The PLI comes
+    in through the RTCP lane (net/src/rtcp_lane.rs: the kernel steers RTCP to a socket the core reads when
+    something else wakes it), or through the one socket with --no-rtcp-lane."""
     base = server.base_url
     room = f"pli-{send_path}"
 
@@ -247,9 +253,15 @@ def test_viewer_pli_reaches_the_publisher(server, send_path):
                 if (got >= 1 and asked >= 1) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
-            print(f"{send_path}: PLIs received from the viewer +{got}, keyframe requests to the publisher +{asked}")
+            lane = after["udp_rtcp_lane_in"] - before["udp_rtcp_lane_in"]
+            print(f"{send_path}: PLIs received from the viewer +{got}, keyframe requests to the publisher +{asked}, "
+                  f"datagrams through the RTCP lane +{lane}")
             assert got >= 1, (before, after)
             assert asked >= 1, (before, after)
+            if send_path == "no-lane":
+                assert after["udp_rtcp_lane_in"] == 0, after
+            else:
+                assert lane >= 1, (before, after)
         finally:
             for s in (viewer, pub):
                 await delete(base, s.location)
