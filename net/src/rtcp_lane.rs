@@ -29,10 +29,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h; the same on every Linux architecture sfumato builds for).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
-// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
-const BPF_LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
-const BPF_JMP_JGE_K: u16 = 0x05 | 0x30 | 0x00;
-const BPF_RET_K: u16 = 0x06 | 0x00;
+// Classic BPF opcodes (linux/bpf_common.h), spelled as the kernel's headers compose them (BPF_LD and BPF_K are 0).
+#[allow(clippy::identity_op)]
+const BPF_LD_B_ABS: u16 = 0x00 /* BPF_LD */ | 0x10 /* BPF_B */ | 0x20 /* BPF_ABS */;
+#[allow(clippy::identity_op)]
+const BPF_JMP_JGE_K: u16 = 0x05 /* BPF_JMP */ | 0x30 /* BPF_JGE */ | 0x00 /* BPF_K */;
+#[allow(clippy::identity_op)]
+const BPF_RET_K: u16 = 0x06 /* BPF_RET */ | 0x00 /* BPF_K */;
 
 /// The index, in the `SO_REUSEPORT` group, of the main socket (bound first) and of the lane (second).
 const MAIN_INDEX: u32 = 0;
