@@ -170,7 +170,7 @@ impl ClusterPort {
                 }
             }
             if ingested {
-                self.shell.flush().await;
+                self.shell.flush_media().await;
             }
         }
     }
@@ -464,7 +464,7 @@ impl ClusterNode {
                     flush_here |= port.ingest(core, room, packet, now);
                 }
                 if flush_here {
-                    port.shell.flush().await;
+                    port.shell.flush_media().await;
                 }
                 for (core, msg) in to_cores {
                     port.deliver(core, msg).await;
