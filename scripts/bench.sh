@@ -549,8 +549,8 @@ mkdir -p "$RESULTS"
 
 if [ "$DO_COMPARE" = 1 ]; then
     if [ -z "$COMPARE" ]; then
-        # The newest results file older than this one (names sort by date).
-        COMPARE=$(ls "$RESULTS"/*-bench.json 2>/dev/null | grep -vxF "$OUT_JSON" | sort | tail -1 || true)
+        # The newest results file older than this one (names sort by date, then run number: 2026-12-06.9 before .10).
+        COMPARE=$(ls "$RESULTS"/*-bench.json 2>/dev/null | grep -vxF "$OUT_JSON" | sort -V | tail -1 || true)
     fi
     if [ -z "$COMPARE" ]; then
         echo "bench.sh: --compare: no earlier results file in $RESULTS" >&2
