@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use sfumato_engine::{Engine, EngineConfig, Mesh, Shutdown};
 use sfumato_net::local_addrs::interface_addresses;
-use sfumato_net::rtcp_lane::{bind_media_port, MediaPort};
+use sfumato_net::rtcp_lane::{bind_media_port, Lane, MediaPort};
 
 use crate::config::{ClusterArgs, MediaArgs, NodeArgs};
 use crate::core_shell::{CoreLoad, CoreLoads, CoreShell};
@@ -154,10 +154,10 @@ fn run(args: NodeArgs, cluster: Option<ClusterArgs>) -> Result<(), NodeError> {
                 match bind_media_port(addr, !args.no_rtcp_lane) {
                     Ok(p) => {
                         sockets.push((addr, Rc::new(MediaPort::main_into_glommio(p.main))));
-                        match (p.rtcp_lane, p.no_lane_reason) {
-                            (Some(lane), _) => rtcp_lanes.push((addr, lane)),
-                            (None, _) if args.no_rtcp_lane => {}
-                            (None, reason) => tracing::warn!(core = ctx.core, %addr, reason = reason.as_deref().unwrap_or("unknown"), "no RTCP lane: every RTCP datagram wakes the core"),
+                        match p.lane {
+                            Lane::Bound(lane) => rtcp_lanes.push((addr, lane)),
+                            Lane::NotWanted => {}
+                            Lane::Refused(reason) => tracing::warn!(core = ctx.core, %addr, %reason, "no RTCP lane: every RTCP datagram wakes the core"),
                         }
                     }
                     Err(e) => tracing::warn!(core = ctx.core, %addr, error = %e, "cannot bind WebRTC socket; address skipped"),

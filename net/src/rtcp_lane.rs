@@ -24,7 +24,9 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
+
+use crate::udp::new_udp_socket;
 
 /// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h; the same on every Linux architecture sfumato builds for).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
@@ -64,14 +66,21 @@ pub fn is_rtcp(datagram: &[u8]) -> bool {
     matches!(datagram, [128..=191, 192..=223, ..])
 }
 
-/// One media port: the socket the core waits on (and sends from), and the RTCP lane if it could be made.
+/// One media port: the socket the core waits on (and sends from), and its RTCP lane.
 pub struct MediaPort {
     /// Blocking, as bound; [`MediaPort::main_into_glommio`] hands it to the executor.
     pub main: std::net::UdpSocket,
+    pub lane: Lane,
+}
+
+/// The RTCP lane of a [`MediaPort`], or why there is none.
+pub enum Lane {
     /// Non-blocking; read with `RecvBatch::recv_nonblocking`, never waited on.
-    pub rtcp_lane: Option<std::net::UdpSocket>,
-    /// Why there is no lane (`None` if there is one).
-    pub no_lane_reason: Option<String>,
+    Bound(std::net::UdpSocket),
+    /// The caller asked for a single socket.
+    NotWanted,
+    /// The kernel (or a sandbox) refused part of the set-up: the port is a single socket.
+    Refused(String),
 }
 
 /// Binds `addr` as a [`MediaPort`] with large buffers, with an RTCP lane if `lane`. Fails if the address is
@@ -79,19 +88,19 @@ pub struct MediaPort {
 /// single socket and the reason.
 pub fn bind_media_port(addr: SocketAddr, lane: bool) -> std::io::Result<MediaPort> {
     // The probe: held by someone else → "address in use" here. Port 0 picks the port the pair then binds.
-    let probe = new_socket(addr)?;
+    let probe = new_udp_socket(addr)?;
     probe.bind(&addr.into())?;
     if !lane {
-        return Ok(MediaPort { main: probe.into(), rtcp_lane: None, no_lane_reason: Some("not wanted".into()) });
+        return Ok(MediaPort { main: probe.into(), lane: Lane::NotWanted });
     }
     let addr = probe.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("probe has no inet address"))?;
     drop(probe);
     match bind_pair(addr) {
-        Ok((main, lane)) => Ok(MediaPort { main: main.into(), rtcp_lane: Some(lane), no_lane_reason: None }),
+        Ok((main, lane)) => Ok(MediaPort { main: main.into(), lane: Lane::Bound(lane) }),
         Err(e) => {
-            let main = new_socket(addr)?;
+            let main = new_udp_socket(addr)?;
             main.bind(&addr.into())?;
-            Ok(MediaPort { main: main.into(), rtcp_lane: None, no_lane_reason: Some(e.to_string()) })
+            Ok(MediaPort { main: main.into(), lane: Lane::Refused(e.to_string()) })
         }
     }
 }
@@ -105,10 +114,10 @@ impl MediaPort {
 }
 
 fn bind_pair(addr: SocketAddr) -> std::io::Result<(Socket, std::net::UdpSocket)> {
-    let main = new_socket(addr)?;
+    let main = new_udp_socket(addr)?;
     main.set_reuse_port(true)?;
     main.bind(&addr.into())?;
-    let lane = new_socket(addr)?;
+    let lane = new_udp_socket(addr)?;
     lane.set_reuse_port(true)?;
     lane.bind(&addr.into())?;
     lane.set_nonblocking(true)?;
@@ -131,21 +140,17 @@ fn bind_pair(addr: SocketAddr) -> std::io::Result<(Socket, std::net::UdpSocket)>
     Ok((main, lane.into()))
 }
 
-fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    let _ = socket.set_recv_buffer_size(crate::udp::SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(crate::udp::SOCKET_BUFFER);
-    Ok(socket)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::udp::RecvBatch;
     use std::time::{Duration, Instant};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
 
     /// What reaches `fd` within `wait`, as payloads.
     fn drain(fd: std::os::fd::RawFd, wait: Duration) -> Vec<Vec<u8>> {
@@ -178,19 +183,18 @@ mod tests {
     }
 
     #[test]
-    fn rtcp_goes_to_the_lane_everything_else_to_the_main_socket() {
-        let port = match bind_media_port("127.0.0.1:0".parse().unwrap(), true) {
-            Ok(p) => p,
-            Err(e) => panic!("bind: {e}"),
+    fn rtcp_goes_to_the_lane_everything_else_to_the_main_socket() -> TestResult {
+        let port = bind_media_port(loopback(), true)?;
+        let lane = match &port.lane {
+            Lane::Bound(lane) => lane,
+            Lane::NotWanted => return Err("a lane was asked for".into()),
+            Lane::Refused(why) => return Err(format!("no RTCP lane on this kernel: {why}").into()),
         };
-        let Some(lane) = port.rtcp_lane.as_ref() else {
-            panic!("no RTCP lane on this kernel: {:?}", port.no_lane_reason);
-        };
-        let to = lane.local_addr().unwrap();
-        assert_eq!(port.main.local_addr().unwrap(), to, "one port, two sockets");
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = lane.local_addr()?;
+        assert_eq!(port.main.local_addr()?, to, "one port, two sockets");
+        let tx = std::net::UdpSocket::bind(loopback())?;
         for (_, d) in samples() {
-            tx.send_to(&d, to).unwrap();
+            tx.send_to(&d, to)?;
         }
         let on_lane = drain(lane.as_raw_fd(), Duration::from_millis(100));
         let on_main = drain(port.main.as_raw_fd(), Duration::from_millis(50));
@@ -201,23 +205,25 @@ mod tests {
         }
         assert_eq!(on_lane.len(), 5, "{on_lane:?}");
         assert_eq!(on_main.len(), samples().len() - 5);
+        Ok(())
     }
 
     #[test]
-    fn a_taken_port_is_refused_even_to_another_reuseport_pair() {
-        let first = bind_media_port("127.0.0.1:0".parse().unwrap(), true).unwrap();
-        let addr = first.main.local_addr().unwrap();
+    fn a_taken_port_is_refused_even_to_another_reuseport_pair() -> TestResult {
+        let first = bind_media_port(loopback(), true)?;
+        let addr = first.main.local_addr()?;
         let again = bind_media_port(addr, true);
         assert_eq!(again.err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
         // A plain socket holding the port is refused too.
-        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let taken = bind_media_port(plain.local_addr().unwrap(), true);
+        let plain = std::net::UdpSocket::bind(loopback())?;
+        let taken = bind_media_port(plain.local_addr()?, true);
         assert_eq!(taken.err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
         // Without a lane: one plain socket, which a pair can't join either.
-        let single = bind_media_port("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        assert!(single.rtcp_lane.is_none());
-        let joined = bind_media_port(single.main.local_addr().unwrap(), true);
+        let single = bind_media_port(loopback(), false)?;
+        assert!(matches!(single.lane, Lane::NotWanted));
+        let joined = bind_media_port(single.main.local_addr()?, true);
         assert_eq!(joined.err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
+        Ok(())
     }
 
     #[test]

@@ -10,16 +10,22 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Wanted kernel buffer size; the kernel caps it at `net.core.{r,w}mem_max`.
-pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
+const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Binds a glommio UDP socket on `addr` with large buffers.
-pub fn bind_udp(addr: SocketAddr) -> std::io::Result<glommio::net::UdpSocket> {
+/// An unbound UDP socket for `addr`'s family (IPv6 ones dual-stack) with large kernel buffers.
+pub(crate) fn new_udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    Ok(socket)
+}
+
+/// Binds a glommio UDP socket on `addr` with large buffers.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<glommio::net::UdpSocket> {
+    let socket = new_udp_socket(addr)?;
     socket.bind(&addr.into())?;
     // SAFETY: the fd is a freshly bound UDP socket whose ownership moves to glommio.
     Ok(unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) })
